@@ -1,0 +1,27 @@
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Flags shared by `rpc-proxy`, `rpc-lb` and services built on the SDK.
+/// Both the original's spellings (`--log_level`) and kebab-case work.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Configuration file (config.ini format).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log file, rolled daily; stderr when absent.
+    #[arg(short = 'L', long = "log", value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// trace, debug, info, warn or error.
+    #[arg(long = "log-level", alias = "log_level", default_value = "info")]
+    pub log_level: String,
+    /// Working directory to switch to before anything else.
+    #[arg(long = "work-dir", alias = "work_dir", value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Code version recorded in the registry entry.
+    #[arg(long = "code-url-version", alias = "code_url_version")]
+    pub code_url_version: Option<String>,
+    /// Address for the metrics/profile HTTP endpoint (overrides config).
+    #[arg(long = "profile-address", alias = "profile_address")]
+    pub profile_address: Option<String>,
+}

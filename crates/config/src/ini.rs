@@ -1,0 +1,492 @@
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use rpc_transport::Address;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("line {line}: expected key=value, got {text:?}")]
+    Syntax { line: usize, text: String },
+    #[error("invalid value for `{key}`: {value:?} ({reason})")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("missing `{0}`")]
+    Missing(&'static str),
+}
+
+/// Where endpoints are registered and discovered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrySpec {
+    /// ZooKeeper ensemble, `h1:2181,h2:2181`.
+    ZooKeeper(String),
+    /// The embedded single-machine registry: a directory of endpoint files.
+    Local(PathBuf),
+}
+
+impl RegistrySpec {
+    /// The embedded registry's default directory, shared by every process
+    /// of this machine that leaves `zk` unset.
+    pub fn default_local() -> RegistrySpec {
+        let dir = std::env::var_os("RPC_REGISTRY_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("rpc_proxy-registry"));
+        RegistrySpec::Local(dir)
+    }
+}
+
+impl FromStr for RegistrySpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || s == "local" {
+            return Ok(Self::default_local());
+        }
+        if let Some(dir) = s.strip_prefix("local:") {
+            if dir.is_empty() {
+                return Err("local: needs a directory".into());
+            }
+            return Ok(RegistrySpec::Local(dir.into()));
+        }
+        for host in s.split(',') {
+            let (h, p) = host
+                .rsplit_once(':')
+                .ok_or("expected host:port[,host:port]")?;
+            if h.is_empty() || p.parse::<u16>().is_err() {
+                return Err(format!("bad ZooKeeper address {host:?}"));
+            }
+        }
+        Ok(RegistrySpec::ZooKeeper(s.to_string()))
+    }
+}
+
+/// Proxy balancing across endpoint connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Least outstanding requests, power of two random choices.
+    LeastOutstanding,
+    RoundRobin,
+}
+
+impl FromStr for Balance {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "p2c" | "least_outstanding" | "least-outstanding" => Ok(Self::LeastOutstanding),
+            "round_robin" | "round-robin" | "rr" => Ok(Self::RoundRobin),
+            _ => Err("expected p2c or round_robin".into()),
+        }
+    }
+}
+
+/// LB dispatch across workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch {
+    /// Least-loaded worker with a free slot, FIFO queue when all are busy.
+    LeastLoaded,
+    RoundRobin,
+}
+
+impl FromStr for Dispatch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "least_loaded" | "least-loaded" => Ok(Self::LeastLoaded),
+            "round_robin" | "round-robin" | "rr" => Ok(Self::RoundRobin),
+            _ => Err("expected least_loaded or round_robin".into()),
+        }
+    }
+}
+
+/// Everything `config.ini` can say. The first block holds the original's
+/// keys (SPEC §7); the second holds this project's limits and tunables,
+/// each with a default that needs no configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub registry: RegistrySpec,
+    pub product: String,
+    pub zk_session_timeout: Duration,
+    pub verbose: bool,
+    pub service: Option<String>,
+    pub front_host: Option<String>,
+    pub front_port: Option<u16>,
+    pub front_sock: Option<PathBuf>,
+    pub ip_prefix: Option<String>,
+    pub back_address: Option<Address>,
+    pub worker_pool_size: usize,
+    pub proxy_address: Option<Address>,
+    pub rpc_timeout: Duration,
+    pub falcon_client: Option<String>,
+    pub profile: bool,
+    pub stand_alone: bool,
+
+    /// Largest accepted frame, bytes.
+    pub max_frame_size: usize,
+    /// Concurrent client connections a listener accepts.
+    pub max_connections: usize,
+    /// Requests in flight per client connection before reading pauses.
+    pub max_inflight: usize,
+    /// Requests in flight per backend connection before it counts as full.
+    pub backend_max_inflight: usize,
+    pub balance: Balance,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    /// How long a removed endpoint may finish in-flight requests.
+    pub drain_timeout: Duration,
+    /// Graceful stop: serve until no request arrived for this long.
+    pub quiet_period: Duration,
+    /// Upper bound on the whole graceful stop.
+    pub stop_timeout: Duration,
+    pub dispatch: Dispatch,
+    /// LB: requests waiting for a free worker slot.
+    pub queue_size: usize,
+    /// LB: delay between the first worker and registering.
+    pub register_delay: Duration,
+    /// LB: deregister after this long without any worker.
+    pub no_worker_grace: Duration,
+    /// HTTP address for metrics and the status page.
+    pub metrics_address: Option<String>,
+    /// Tokio worker threads; 0 picks for the machine.
+    pub threads: usize,
+
+    /// Keys this version does not know (kept, and warned about at load).
+    pub unknown: BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            registry: RegistrySpec::default_local(),
+            product: "test".into(),
+            zk_session_timeout: Duration::from_secs(30),
+            verbose: false,
+            service: None,
+            front_host: None,
+            front_port: None,
+            front_sock: None,
+            ip_prefix: None,
+            back_address: None,
+            worker_pool_size: 1,
+            proxy_address: None,
+            rpc_timeout: Duration::from_secs(15),
+            falcon_client: None,
+            profile: false,
+            stand_alone: false,
+            max_frame_size: 16_384_000,
+            max_connections: 20_000,
+            max_inflight: 1024,
+            backend_max_inflight: 4096,
+            balance: Balance::LeastOutstanding,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(6),
+            drain_timeout: Duration::from_secs(5),
+            quiet_period: Duration::from_secs(5),
+            stop_timeout: Duration::from_secs(30),
+            dispatch: Dispatch::LeastLoaded,
+            queue_size: 10_000,
+            register_delay: Duration::from_secs(1),
+            no_worker_grace: Duration::from_secs(10),
+            metrics_address: None,
+            threads: 0,
+            unknown: BTreeMap::new(),
+        }
+    }
+}
+
+fn invalid(key: &str, value: &str, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        value: value.into(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse<T: FromStr>(key: &str, value: &str) -> Result<T, ConfigError>
+where
+    T::Err: ToString,
+{
+    value.parse().map_err(|e: T::Err| invalid(key, value, e))
+}
+
+fn flag(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value {
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        "1" | "true" | "yes" | "on" => Ok(true),
+        _ => Err(invalid(key, value, "expected 0 or 1")),
+    }
+}
+
+fn seconds(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    let s: f64 = parse(key, value)?;
+    if !(0.0..=1e9).contains(&s) {
+        return Err(invalid(key, value, "expected seconds >= 0"));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn millis(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_millis(parse(key, value)?))
+}
+
+fn positive(key: &str, value: &str) -> Result<usize, ConfigError> {
+    match parse::<usize>(key, value)? {
+        0 => Err(invalid(key, value, "must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn opt(value: &str) -> Option<String> {
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses `key=value` lines; `#` starts a comment; spaces are trimmed.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (k, v) = line.split_once('=').ok_or_else(|| ConfigError::Syntax {
+                line: i + 1,
+                text: raw.to_string(),
+            })?;
+            c.set(k.trim(), v.trim())?;
+        }
+        if c.heartbeat_timeout <= c.heartbeat_interval {
+            return Err(invalid(
+                "heartbeat_timeout_ms",
+                &c.heartbeat_timeout.as_millis().to_string(),
+                "must exceed heartbeat_interval_ms",
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Sets one key, as from the file; also the hook for command-line
+    /// overrides in tests and tools.
+    pub fn set(&mut self, k: &str, v: &str) -> Result<(), ConfigError> {
+        match k {
+            "zk" => self.registry = parse(k, v)?,
+            "product" => {
+                if v.is_empty() || v.contains('/') {
+                    return Err(invalid(k, v, "must be a non-empty name without '/'"));
+                }
+                self.product = v.into()
+            }
+            "zk_session_timeout" => self.zk_session_timeout = seconds(k, v)?,
+            "verbose" => self.verbose = flag(k, v)?,
+            "service" => self.service = opt(v),
+            "front_host" => self.front_host = opt(v),
+            "front_port" => {
+                self.front_port = if v.is_empty() {
+                    None
+                } else {
+                    Some(parse(k, v)?)
+                }
+            }
+            "front_sock" => self.front_sock = opt(v).map(PathBuf::from),
+            "ip_prefix" => self.ip_prefix = opt(v),
+            "back_address" => {
+                self.back_address = if v.is_empty() {
+                    None
+                } else {
+                    Some(parse(k, v)?)
+                }
+            }
+            "worker_pool_size" => self.worker_pool_size = positive(k, v)?,
+            "proxy_address" => {
+                self.proxy_address = if v.is_empty() {
+                    None
+                } else {
+                    Some(parse(k, v)?)
+                }
+            }
+            "rpc_timeout" => self.rpc_timeout = seconds(k, v)?,
+            "falcon_client" => self.falcon_client = opt(v),
+            "profile" => self.profile = flag(k, v)?,
+            "stand_alone" => self.stand_alone = flag(k, v)?,
+            "max_frame_size" => self.max_frame_size = positive(k, v)?,
+            "max_connections" => self.max_connections = positive(k, v)?,
+            "max_inflight" => self.max_inflight = positive(k, v)?,
+            "backend_max_inflight" => self.backend_max_inflight = positive(k, v)?,
+            "balance" => self.balance = parse(k, v)?,
+            "heartbeat_interval_ms" => self.heartbeat_interval = millis(k, v)?,
+            "heartbeat_timeout_ms" => self.heartbeat_timeout = millis(k, v)?,
+            "drain_timeout" => self.drain_timeout = seconds(k, v)?,
+            "quiet_period" => self.quiet_period = seconds(k, v)?,
+            "stop_timeout" => self.stop_timeout = seconds(k, v)?,
+            "dispatch" => self.dispatch = parse(k, v)?,
+            "queue_size" => self.queue_size = positive(k, v)?,
+            "register_delay" => self.register_delay = seconds(k, v)?,
+            "no_worker_grace" => self.no_worker_grace = seconds(k, v)?,
+            "metrics_address" => self.metrics_address = opt(v),
+            "threads" => self.threads = parse(k, v)?,
+            _ => {
+                tracing::warn!(key = k, "unknown configuration key ignored");
+                self.unknown.insert(k.into(), v.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The address a service or LB listens on and registers: `front_sock`,
+    /// else `front_host:front_port`, else this machine's first IPv4 address
+    /// starting with `ip_prefix`, with `front_port`.
+    pub fn front_address(&self) -> Result<Address, ConfigError> {
+        if let Some(sock) = &self.front_sock {
+            let abs = if sock.is_absolute() {
+                sock.clone()
+            } else {
+                std::env::current_dir()
+                    .map(|d| d.join(sock))
+                    .unwrap_or_else(|_| sock.clone())
+            };
+            return Ok(Address::Unix(abs));
+        }
+        let port = self.front_port.ok_or(ConfigError::Missing("front_port"))?;
+        let host = match (&self.front_host, &self.ip_prefix) {
+            (Some(h), _) => h.clone(),
+            (None, Some(prefix)) => local_ip_with_prefix(prefix).ok_or_else(|| {
+                invalid("ip_prefix", prefix, "no local IPv4 address starts with it")
+            })?,
+            (None, None) => return Err(ConfigError::Missing("front_host")),
+        };
+        Ok(Address::Tcp(format!("{host}:{port}")))
+    }
+}
+
+/// First IPv4 address of this machine whose text starts with `prefix`.
+pub fn local_ip_with_prefix(prefix: &str) -> Option<String> {
+    let mut found = None;
+    // SAFETY: getifaddrs fills a linked list that we walk read-only and free.
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return None;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let addr = (*cur).ifa_addr;
+            if !addr.is_null() && (*addr).sa_family as i32 == libc::AF_INET {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).to_string();
+                if ip.starts_with(prefix) {
+                    found = Some(ip);
+                    break;
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_originals_keys() {
+        let c = Config::parse(
+            "# comment\n zk = 127.0.0.1:2181,127.0.0.2:2181 \nproduct=online_x\nservice=echo # trailing\n\
+             front_host=127.0.0.1\nfront_port=5555\nback_address=/tmp/lb.sock\nworker_pool_size=4\n\
+             proxy_address=127.0.0.1:5550\nrpc_timeout=2.5\nverbose=1\nzk_session_timeout=10\n\
+             falcon_client=http://x/push\nprofile=0\nstand_alone=0\nip_prefix=\nfront_sock=\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.registry,
+            RegistrySpec::ZooKeeper("127.0.0.1:2181,127.0.0.2:2181".into())
+        );
+        assert_eq!(c.product, "online_x");
+        assert_eq!(c.service.as_deref(), Some("echo"));
+        assert_eq!(
+            c.front_address().unwrap(),
+            Address::Tcp("127.0.0.1:5555".into())
+        );
+        assert_eq!(c.back_address, Some(Address::Unix("/tmp/lb.sock".into())));
+        assert_eq!(c.worker_pool_size, 4);
+        assert_eq!(c.rpc_timeout, Duration::from_millis(2500));
+        assert_eq!(c.zk_session_timeout, Duration::from_secs(10));
+        assert!(c.verbose);
+    }
+
+    #[test]
+    fn unknown_keys_are_kept_not_fatal() {
+        let c = Config::parse("some_future_key = 3\n").unwrap();
+        assert_eq!(
+            c.unknown.get("some_future_key").map(String::as_str),
+            Some("3")
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        for (text, key) in [
+            ("worker_pool_size=0", "worker_pool_size"),
+            ("rpc_timeout=soon", "rpc_timeout"),
+            ("front_port=70000", "front_port"),
+            ("zk=nohostport", "zk"),
+            ("balance=random", "balance"),
+            ("verbose=2", "verbose"),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        assert!(matches!(
+            Config::parse("just words"),
+            Err(ConfigError::Syntax { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn registry_defaults_to_local() {
+        assert!(matches!(
+            Config::parse("").unwrap().registry,
+            RegistrySpec::Local(_)
+        ));
+        assert_eq!(
+            Config::parse("zk=local:/var/reg").unwrap().registry,
+            RegistrySpec::Local("/var/reg".into())
+        );
+    }
+
+    #[test]
+    fn front_sock_wins_and_becomes_absolute() {
+        let c = Config::parse("front_sock=echo.sock\nfront_host=1.2.3.4\nfront_port=1").unwrap();
+        match c.front_address().unwrap() {
+            Address::Unix(p) => assert!(p.is_absolute() && p.ends_with("echo.sock")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ip_prefix_picks_loopback() {
+        let c = Config::parse("ip_prefix=127.\nfront_port=9").unwrap();
+        assert_eq!(
+            c.front_address().unwrap(),
+            Address::Tcp("127.0.0.1:9".into())
+        );
+    }
+}

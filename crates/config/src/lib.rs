@@ -1,0 +1,10 @@
+//! What every binary reads before it starts: the original's `config.ini`
+//! (SPEC §7), its command-line flags, and the logging they select.
+
+mod cli;
+mod ini;
+mod logging;
+
+pub use cli::CommonArgs;
+pub use ini::{Balance, Config, ConfigError, Dispatch, RegistrySpec};
+pub use logging::init_logging;

@@ -1,0 +1,98 @@
+//! Where endpoints announce themselves and proxies find them (SPEC §6).
+//!
+//! One trait, [`Registry`], two backends: [`zk`] for production and
+//! [`local`] (a directory of endpoint files) as the single-machine default.
+//! Both pass the same conformance suite (`tests/conformance.rs`).
+
+mod endpoint;
+pub mod local;
+pub mod zk;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rpc_config::{Config, RegistrySpec};
+use tokio::sync::watch;
+
+pub use endpoint::{service_id, Endpoint};
+
+/// Every service of a product and its live endpoints, keyed by service
+/// name; endpoints sorted by `service_id`.
+pub type ServiceMap = BTreeMap<String, Vec<Endpoint>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("zookeeper: {0}")]
+    ZooKeeper(String),
+    #[error("local registry {path}: {source}")]
+    Local {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bad endpoint record at {path}: {reason}")]
+    BadRecord { path: String, reason: String },
+    #[error("registry closed")]
+    Closed,
+}
+
+/// A registry scoped to one product.
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Publishes `endpoint` under its service (removing a leftover node at
+    /// the same path first) and keeps it published — across ZooKeeper
+    /// session expiry — until the returned handle is deregistered or
+    /// dropped.
+    async fn register(&self, endpoint: Endpoint) -> Result<Registration, RegistryError>;
+
+    /// The live view of every service of the product. The first value is
+    /// complete when this returns. A lost connection to the backing store
+    /// never empties the view: the last known map stays until the store
+    /// answers again.
+    async fn watch(&self) -> Result<watch::Receiver<Arc<ServiceMap>>, RegistryError>;
+}
+
+/// A live registration. [`Registration::deregister`] removes the entry and
+/// waits until it is gone; dropping the handle removes it in the background.
+pub struct Registration {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Registration {
+    /// For backends: `task` keeps the entry alive and removes it once `stop`
+    /// fires (or its sender is dropped).
+    pub fn new(stop: tokio::sync::oneshot::Sender<()>, task: tokio::task::JoinHandle<()>) -> Self {
+        Registration {
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn deregister(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Opens the registry a configuration names (`zk` key), for its product.
+pub async fn open(config: &Config) -> Result<Arc<dyn Registry>, RegistryError> {
+    match &config.registry {
+        RegistrySpec::ZooKeeper(hosts) => Ok(Arc::new(
+            zk::ZkRegistry::connect(hosts, &config.product, config.zk_session_timeout).await?,
+        )),
+        RegistrySpec::Local(dir) => Ok(Arc::new(local::LocalRegistry::open(dir, &config.product)?)),
+    }
+}

@@ -1,0 +1,10 @@
+//! Sockets as the SPEC sees them: every address is `host:port` (TCP) or a
+//! filesystem path (Unix domain socket), and every hop carries frames.
+
+mod address;
+mod stream;
+mod writer;
+
+pub use address::Address;
+pub use stream::{Listener, Stream};
+pub use writer::FrameWriter;

@@ -1,0 +1,101 @@
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// Most slices handed to one `writev` (Linux's IOV_MAX is 1024).
+const MAX_IOV: usize = 64;
+
+/// Queues whole frames and writes them with vectored I/O, many per system
+/// call, without copying them into a staging buffer.
+pub struct FrameWriter<W> {
+    io: W,
+    queue: VecDeque<Bytes>,
+    queued_bytes: usize,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(io: W) -> Self {
+        Self {
+            io,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+        }
+    }
+
+    pub fn push(&mut self, frame: Bytes) {
+        self.queued_bytes += frame.len();
+        self.queue.push_back(frame);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        while !self.queue.is_empty() {
+            let n = {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let mut cnt = 0;
+                for (slot, b) in iov.iter_mut().zip(self.queue.iter()) {
+                    *slot = IoSlice::new(b);
+                    cnt += 1;
+                }
+                self.io.write_vectored(&iov[..cnt]).await?
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.consume(n);
+        }
+        self.io.flush().await
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.queued_bytes -= n;
+        while n > 0 {
+            let front = self.queue.front_mut().expect("wrote more than queued");
+            if n >= front.len() {
+                n -= front.len();
+                self.queue.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.io
+    }
+
+    pub fn into_inner(self) -> W {
+        self.io
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_many_frames_in_order() {
+        let mut w = FrameWriter::new(Vec::new());
+        for i in 0..200u8 {
+            w.push(Bytes::from(vec![i; (i as usize % 7) + 1]));
+        }
+        w.flush().await.unwrap();
+        let out = w.into_inner();
+        let mut expect = Vec::new();
+        for i in 0..200u8 {
+            expect.extend(std::iter::repeat(i).take((i as usize % 7) + 1));
+        }
+        assert_eq!(out, expect);
+    }
+}
