@@ -124,7 +124,8 @@ pub struct Config {
     pub ip_prefix: Option<String>,
     pub back_address: Option<Address>,
     pub worker_pool_size: usize,
-    pub proxy_address: Option<Address>,
+    /// Where the proxy listens: one or more addresses, comma-separated.
+    pub proxy_address: Vec<Address>,
     pub rpc_timeout: Duration,
     pub falcon_client: Option<String>,
     pub profile: bool,
@@ -177,7 +178,7 @@ impl Default for Config {
             ip_prefix: None,
             back_address: None,
             worker_pool_size: 1,
-            proxy_address: None,
+            proxy_address: Vec::new(),
             rpc_timeout: Duration::from_secs(15),
             falcon_client: None,
             profile: false,
@@ -427,6 +428,9 @@ mod tests {
         );
         assert_eq!(c.back_address, Some(Address::Unix("/tmp/lb.sock".into())));
         assert_eq!(c.worker_pool_size, 4);
+        assert_eq!(c.proxy_address, vec![Address::Tcp("127.0.0.1:5550".into())]);
+        let two = Config::parse("proxy_address = 127.0.0.1:1, /run/p.sock").unwrap();
+        assert_eq!(two.proxy_address[1], Address::Unix("/run/p.sock".into()));
         assert_eq!(c.rpc_timeout, Duration::from_millis(2500));
         assert_eq!(c.zk_session_timeout, Duration::from_secs(10));
         assert!(c.verbose);
