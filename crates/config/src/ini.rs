@@ -316,11 +316,12 @@ impl Config {
             }
             "worker_pool_size" => self.worker_pool_size = positive(k, v)?,
             "proxy_address" => {
-                self.proxy_address = if v.is_empty() {
-                    None
-                } else {
-                    Some(parse(k, v)?)
-                }
+                self.proxy_address = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| parse(k, a))
+                    .collect::<Result<_, _>>()?
             }
             "rpc_timeout" => self.rpc_timeout = seconds(k, v)?,
             "falcon_client" => self.falcon_client = opt(v),
