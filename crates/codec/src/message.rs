@@ -102,6 +102,11 @@ pub struct Message {
 impl Message {
     /// Parses the strict binary header of a decoded frame (prefix included).
     pub fn parse(buf: BytesMut) -> Result<Self, ProtocolError> {
+        let (kind, name_len) = Self::check(&buf)?;
+        Ok(Self { buf, kind, name_len })
+    }
+
+    fn check(buf: &[u8]) -> Result<(MessageType, usize), ProtocolError> {
         let have = buf.len();
         if have < NAME_OFFSET {
             return Err(ProtocolError::Truncated(have.saturating_sub(LEN_PREFIX)));
@@ -122,11 +127,18 @@ impl Message {
             }
             return Err(ProtocolError::Truncated(have - LEN_PREFIX));
         }
-        Ok(Self {
-            buf,
-            kind,
-            name_len,
-        })
+        Ok((kind, name_len))
+    }
+
+    /// Like [`Message::parse`], but a rejected frame still yields what
+    /// could be read of its header, so the error reply can carry the
+    /// offender's name and seqid.
+    pub fn parse_or_peek(buf: BytesMut) -> Result<Self, (ProtocolError, Option<Header>)> {
+        let peek = |buf: &BytesMut| buf.get(LEN_PREFIX..).and_then(Header::peek);
+        match Self::check(&buf) {
+            Ok((kind, name_len)) => Ok(Self { buf, kind, name_len }),
+            Err(e) => Err((e, peek(&buf))),
+        }
     }
 
     pub fn kind(&self) -> MessageType {
