@@ -1,0 +1,342 @@
+//! One persistent, pipelined connection to an endpoint (SPEC §4).
+//!
+//! A single task owns the socket, the seqid space and the table of
+//! requests in flight; clients hand it [`Job`]s through a bounded channel
+//! and get an [`Outcome`] back on a oneshot. The task also heartbeats the
+//! endpoint, declares the connection dead when the echo stops, and
+//! reconnects with capped backoff for as long as the endpoint is wanted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rpc_codec::{heartbeat, FrameCodec, Message, MessageType};
+use rpc_transport::{Address, FrameWriter, Stream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{sleep, timeout, Instant};
+use tokio_util::codec::FramedRead;
+
+/// What becomes of a request handed to a backend connection.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The endpoint answered (REPLY or EXCEPTION), seqid still the proxy's.
+    Reply(Message),
+    /// Never written to the socket: safe to send elsewhere.
+    NotSent(Message),
+    /// Written, then the connection failed; the cause is for the client.
+    Failed(String),
+}
+
+pub struct Job {
+    pub msg: Message,
+    /// `None` for oneway calls.
+    pub reply: Option<oneshot::Sender<Outcome>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    Connecting = 0,
+    Up = 1,
+    Down = 2,
+    Draining = 3,
+    Closed = 4,
+}
+
+/// Settings a backend connection needs, copied out of the config.
+#[derive(Debug, Clone)]
+pub struct BackendSettings {
+    pub max_frame: usize,
+    pub max_inflight: usize,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// The handle routes hold. Cheap to share; the task does the work.
+pub struct Backend {
+    pub service: String,
+    pub address: Address,
+    tx: mpsc::Sender<Job>,
+    state: AtomicU8,
+    /// Requests handed over and not yet answered: the balancer's load signal.
+    outstanding: AtomicUsize,
+    drain: watch::Sender<bool>,
+}
+
+impl Backend {
+    pub fn spawn(service: String, address: Address, settings: BackendSettings) -> Arc<Backend> {
+        // The channel only buffers what the task has not picked up yet; the
+        // real in-flight bound is `max_inflight`, enforced by the task.
+        let (tx, rx) = mpsc::channel(settings.max_inflight.clamp(16, 1024));
+        let (drain, drain_rx) = watch::channel(false);
+        let backend = Arc::new(Backend {
+            service,
+            address,
+            tx,
+            state: AtomicU8::new(State::Connecting as u8),
+            outstanding: AtomicUsize::new(0),
+            drain,
+        });
+        tokio::spawn(run(backend.clone(), rx, drain_rx, settings));
+        backend
+    }
+
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::Acquire) {
+            0 => State::Connecting,
+            1 => State::Up,
+            2 => State::Down,
+            3 => State::Draining,
+            _ => State::Closed,
+        }
+    }
+
+    fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state() == State::Up
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Hands a job over; gives it back if the connection cannot take it.
+    pub fn try_send(&self, job: Job) -> Result<(), Job> {
+        if !self.is_up() {
+            return Err(job);
+        }
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        self.tx.try_send(job).map_err(|e| {
+            self.outstanding.fetch_sub(1, Ordering::Relaxed);
+            match e {
+                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+            }
+        })
+    }
+
+    /// Stops new requests at once; in-flight ones may finish within the
+    /// drain timeout, then the connection closes for good.
+    pub fn drain(&self) {
+        if self.state() != State::Closed {
+            self.set_state(State::Draining);
+        }
+        let _ = self.drain.send(true);
+    }
+
+    fn done(&self) {
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct Pending {
+    reply: oneshot::Sender<Outcome>,
+}
+
+async fn run(
+    b: Arc<Backend>,
+    mut rx: mpsc::Receiver<Job>,
+    mut drain: watch::Receiver<bool>,
+    s: BackendSettings,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if *drain.borrow() {
+            break;
+        }
+        b.set_state(State::Connecting);
+        let connected = tokio::select! {
+            r = timeout(s.connect_timeout, Stream::connect(&b.address)) => r,
+            _ = drain.changed() => break,
+        };
+        match connected {
+            Ok(Ok(stream)) => {
+                tracing::info!(service = %b.service, endpoint = %b.address, "backend connected");
+                backoff = Duration::from_secs(1);
+                b.set_state(State::Up);
+                let ended = serve(&b, stream, &mut rx, &mut drain, &s).await;
+                if !matches!(ended, End::Drained) {
+                    b.set_state(State::Down);
+                }
+                reject_queued(&b, &mut rx);
+                match ended {
+                    End::Drained => break,
+                    End::Lost(cause) => {
+                        tracing::warn!(service = %b.service, endpoint = %b.address, %cause, "backend connection lost")
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                b.set_state(State::Down);
+                tracing::warn!(service = %b.service, endpoint = %b.address, error = %e, "backend connect failed")
+            }
+            Err(_) => {
+                b.set_state(State::Down);
+                tracing::warn!(service = %b.service, endpoint = %b.address, "backend connect timed out")
+            }
+        }
+        // Wait out the backoff, turning away anything that slipped in.
+        let until = Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                _ = drain.changed() => break,
+                job = rx.recv() => match job {
+                    Some(job) => bounce(&b, job),
+                    None => break,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(4));
+    }
+    b.set_state(State::Closed);
+    rx.close();
+    reject_queued(&b, &mut rx);
+}
+
+enum End {
+    Drained,
+    Lost(String),
+}
+
+fn bounce(b: &Backend, job: Job) {
+    b.done();
+    if let Some(reply) = job.reply {
+        let _ = reply.send(Outcome::NotSent(job.msg));
+    }
+}
+
+fn reject_queued(b: &Backend, rx: &mut mpsc::Receiver<Job>) {
+    while let Ok(job) = rx.try_recv() {
+        bounce(b, job);
+    }
+}
+
+fn fail_all(b: &Backend, pending: &mut HashMap<i32, Pending>, cause: &str) {
+    for (_, p) in pending.drain() {
+        b.done();
+        let _ = p.reply.send(Outcome::Failed(cause.to_string()));
+    }
+}
+
+async fn serve(
+    b: &Backend,
+    stream: Stream,
+    rx: &mut mpsc::Receiver<Job>,
+    drain: &mut watch::Receiver<bool>,
+    s: &BackendSettings,
+) -> End {
+    let (r, w) = stream.into_split();
+    let mut reader = FramedRead::new(r, FrameCodec::new(s.max_frame));
+    let mut writer = FrameWriter::new(w);
+    let mut pending: HashMap<i32, Pending> = HashMap::new();
+    let mut next_seqid: i32 = 0;
+    let mut last_echo = Instant::now();
+    let mut ticker = tokio::time::interval(s.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut draining = *drain.borrow();
+    let mut drain_deadline = Instant::now() + s.drain_timeout;
+
+    loop {
+        if draining && pending.is_empty() {
+            return End::Drained;
+        }
+        tokio::select! {
+            job = rx.recv(), if !draining && pending.len() < s.max_inflight => {
+                let Some(job) = job else { return End::Drained };
+                let mut job = Some(job);
+                // Take everything already queued: one write for the batch.
+                while let Some(Job { mut msg, reply }) = job.take() {
+                    match reply {
+                        Some(reply) => {
+                            loop {
+                                next_seqid = next_seqid.wrapping_add(1);
+                                if !pending.contains_key(&next_seqid) {
+                                    break;
+                                }
+                            }
+                            msg.set_seqid(next_seqid);
+                            pending.insert(next_seqid, Pending { reply });
+                        }
+                        None => b.done(), // oneway: done once written
+                    }
+                    writer.push(msg.into_bytes());
+                    if pending.len() < s.max_inflight {
+                        job = rx.try_recv().ok();
+                    }
+                }
+                if let Err(e) = writer.flush().await {
+                    let cause = format!("write to {} failed: {e}", b.address);
+                    fail_all(b, &mut pending, &cause);
+                    return End::Lost(cause);
+                }
+            }
+            frame = reader.next() => {
+                let frame = match frame {
+                    Some(Ok(f)) => f,
+                    Some(Err(e)) => {
+                        let cause = format!("bad frame from {}: {e}", b.address);
+                        fail_all(b, &mut pending, &cause);
+                        return End::Lost(cause);
+                    }
+                    None => {
+                        let cause = format!("{} closed the connection", b.address);
+                        fail_all(b, &mut pending, &cause);
+                        return End::Lost(cause);
+                    }
+                };
+                let msg = match Message::parse(frame) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let cause = format!("bad message from {}: {e}", b.address);
+                        fail_all(b, &mut pending, &cause);
+                        return End::Lost(cause);
+                    }
+                };
+                match msg.kind() {
+                    MessageType::Heartbeat => last_echo = Instant::now(),
+                    MessageType::Reply | MessageType::Exception => {
+                        last_echo = Instant::now();
+                        match pending.remove(&msg.seqid()) {
+                            Some(p) => {
+                                b.done();
+                                // The client may have given up (deadline): dropping is fine.
+                                let _ = p.reply.send(Outcome::Reply(msg));
+                            }
+                            None => tracing::debug!(endpoint = %b.address, seqid = msg.seqid(), "reply to unknown seqid dropped"),
+                        }
+                    }
+                    other => tracing::debug!(endpoint = %b.address, ?other, "unexpected message type from endpoint ignored"),
+                }
+            }
+            _ = ticker.tick() => {
+                if last_echo.elapsed() > s.heartbeat_timeout {
+                    let cause = format!("no heartbeat echo from {} for {:?}", b.address, last_echo.elapsed());
+                    fail_all(b, &mut pending, &cause);
+                    return End::Lost(cause);
+                }
+                writer.push(heartbeat(0).freeze());
+                if let Err(e) = writer.flush().await {
+                    let cause = format!("write to {} failed: {e}", b.address);
+                    fail_all(b, &mut pending, &cause);
+                    return End::Lost(cause);
+                }
+            }
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                drain_deadline = Instant::now() + s.drain_timeout;
+                reject_queued(b, rx);
+            }
+            _ = sleep(drain_deadline.saturating_duration_since(Instant::now())), if draining => {
+                fail_all(b, &mut pending, &format!("endpoint {} left the registry", b.address));
+                return End::Drained;
+            }
+        }
+    }
+}

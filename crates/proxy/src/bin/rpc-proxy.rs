@@ -1,0 +1,42 @@
+//! `rpc-proxy -c config.ini`: the local proxy every application talks to.
+
+use clap::Parser;
+use rpc_config::{CommonArgs, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "rpc-proxy",
+    version,
+    about = "Local proxy routing service:method Thrift calls to live endpoints"
+)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(dir) = &args.common.work_dir {
+        std::env::set_current_dir(dir)?;
+    }
+    let _log = rpc_config::init_logging(&args.common.log_level, args.common.log_file.as_deref());
+    let mut config = match &args.common.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if config.proxy_address.is_empty() {
+        config.proxy_address = vec!["127.0.0.1:5550".parse().expect("valid address")];
+    }
+    let rt = rpc_proxy::runtime(config.threads)?;
+    rt.block_on(async {
+        let registry = rpc_registry::open(&config).await?;
+        let proxy = rpc_proxy::start(&config, registry).await?;
+        rpc_proxy::wait_for_signal().await;
+        tracing::info!("stopping: finishing requests in flight");
+        tokio::select! {
+            _ = proxy.shutdown() => {}
+            _ = rpc_proxy::wait_for_signal() => tracing::warn!("second signal: exiting now"),
+        }
+        Ok(())
+    })
+}

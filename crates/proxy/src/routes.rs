@@ -1,0 +1,122 @@
+//! The routing table: which backend connections serve which service.
+//!
+//! A manager task turns every registry snapshot into a fresh immutable
+//! [`Routes`] and publishes it; request paths read the latest one without
+//! locking anything for longer than an `Arc` clone.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use rpc_registry::ServiceMap;
+use rpc_transport::Address;
+use tokio::sync::watch;
+
+use crate::backend::{Backend, BackendSettings};
+use crate::balance::Balancer;
+
+/// Endpoints of one service, and how to choose among them.
+pub struct ServicePool {
+    pub backends: Vec<Arc<Backend>>,
+    pub balancer: Balancer,
+}
+
+#[derive(Default)]
+pub struct Routes {
+    pub services: HashMap<String, Arc<ServicePool>>,
+}
+
+/// Keeps backend connections in step with the registry.
+pub struct RouteManager {
+    product: String,
+    settings: BackendSettings,
+    balance: rpc_config::Balance,
+    live: HashMap<(String, String), Arc<Backend>>,
+    publish: watch::Sender<Arc<Routes>>,
+}
+
+impl RouteManager {
+    pub fn new(
+        product: String,
+        settings: BackendSettings,
+        balance: rpc_config::Balance,
+    ) -> (Self, watch::Receiver<Arc<Routes>>) {
+        let (publish, rx) = watch::channel(Arc::new(Routes::default()));
+        (
+            RouteManager {
+                product,
+                settings,
+                balance,
+                live: HashMap::new(),
+                publish,
+            },
+            rx,
+        )
+    }
+
+    /// Follows the registry until it closes.
+    pub async fn run(mut self, mut registry: watch::Receiver<Arc<ServiceMap>>) {
+        loop {
+            let map = registry.borrow_and_update().clone();
+            self.apply(&map);
+            if registry.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Rebuilds the table from one registry snapshot: new endpoints get a
+    /// connection, removed ones are drained (no new requests at once).
+    pub fn apply(&mut self, map: &ServiceMap) {
+        let mut wanted = HashSet::new();
+        let mut services = HashMap::new();
+        for (service, endpoints) in map {
+            let mut backends = Vec::new();
+            for ep in endpoints {
+                let Ok(address) = ep.frontend.parse::<Address>() else {
+                    tracing::warn!(%service, frontend = %ep.frontend, "endpoint with unusable address skipped");
+                    continue;
+                };
+                // A socket path cannot be reached from another machine.
+                if address.is_unix() && self.product != "test" {
+                    tracing::debug!(%service, frontend = %ep.frontend, "unix endpoint skipped outside product test");
+                    continue;
+                }
+                let key = (service.clone(), ep.frontend.clone());
+                if !wanted.insert(key.clone()) {
+                    continue;
+                }
+                let backend = self
+                    .live
+                    .entry(key)
+                    .or_insert_with(|| {
+                        tracing::info!(%service, endpoint = %address, "endpoint added");
+                        Backend::spawn(service.clone(), address, self.settings.clone())
+                    })
+                    .clone();
+                backends.push(backend);
+            }
+            let pool = ServicePool {
+                backends,
+                balancer: Balancer::new(self.balance),
+            };
+            services.insert(service.clone(), Arc::new(pool));
+        }
+        self.live.retain(|key, backend| {
+            let keep = wanted.contains(key);
+            if !keep {
+                tracing::info!(service = %key.0, endpoint = %key.1, "endpoint removed, draining");
+                backend.drain();
+            }
+            keep
+        });
+        self.publish.send_replace(Arc::new(Routes { services }));
+    }
+
+    /// Drains every backend (proxy shutdown).
+    pub fn close(&mut self) {
+        for backend in self.live.values() {
+            backend.drain();
+        }
+        self.live.clear();
+    }
+}

@@ -1,0 +1,293 @@
+//! Real sockets on loopback: a raw framed client, a scriptable endpoint
+//! that speaks SPEC §4, and an in-memory registry for logic tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::{SinkExt, StreamExt};
+use rpc_codec::{encode_message, FrameCodec, Message, MessageType};
+use rpc_config::Config;
+use rpc_registry::{Endpoint, Registration, Registry, RegistryError, ServiceMap};
+use rpc_transport::{Address, Listener, Stream};
+use tokio::sync::watch;
+use tokio_util::codec::Framed;
+
+pub const STEP: Duration = Duration::from_secs(5);
+
+// === Client ===
+
+pub struct Client {
+    io: Framed<Stream, FrameCodec>,
+}
+
+impl Client {
+    pub async fn connect(addr: &Address) -> Client {
+        Client {
+            io: Framed::new(
+                Stream::connect(addr).await.expect("connect"),
+                FrameCodec::default(),
+            ),
+        }
+    }
+
+    pub async fn send(&mut self, kind: MessageType, name: &str, seqid: i32, body: &[u8]) {
+        self.io
+            .send(encode_message(kind, name.as_bytes(), seqid, body).freeze())
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, raw: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.io.get_mut().write_all(raw).await.unwrap();
+    }
+
+    /// Next message, or `None` once the proxy closed the connection.
+    pub async fn recv(&mut self) -> Option<Message> {
+        let frame = tokio::time::timeout(STEP * 3, self.io.next())
+            .await
+            .expect("reply in time")?;
+        Some(Message::parse(frame.ok()?).expect("well-formed reply"))
+    }
+
+    pub async fn call(&mut self, name: &str, seqid: i32, body: &[u8]) -> Message {
+        self.send(MessageType::Call, name, seqid, body).await;
+        self.recv().await.expect("connection open")
+    }
+}
+
+pub fn exception_text(m: &Message) -> (i32, String) {
+    assert_eq!(m.kind(), MessageType::Exception, "expected an exception");
+    let e = rpc_codec::read_application_exception(m.body()).unwrap();
+    (e.kind, e.message)
+}
+
+// === Endpoint ===
+
+/// A service endpoint speaking SPEC §4, with methods that script behaviour:
+/// `echo` answers the body, `tag` answers the endpoint's tag, `slow`
+/// answers after 300 ms, `hang` never answers; every call is recorded.
+pub struct TestEndpoint {
+    pub address: Address,
+    pub tag: String,
+    pub calls: Arc<AtomicUsize>,
+    pub oneways: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// When set, the endpoint stops reading and answering (a stalled process).
+    pub stalled: Arc<AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestEndpoint {
+    pub async fn start(tag: &str) -> TestEndpoint {
+        Self::start_on(&"127.0.0.1:0".parse().unwrap(), tag).await
+    }
+
+    pub async fn start_on(addr: &Address, tag: &str) -> TestEndpoint {
+        let listener = Listener::bind(addr).await.unwrap();
+        let address = listener.local_address();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let oneways = Arc::new(Mutex::new(Vec::new()));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (c, o, s, t) = (
+            calls.clone(),
+            oneways.clone(),
+            stalled.clone(),
+            tag.to_string(),
+        );
+        let task = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            loop {
+                tokio::select! {
+                    r = listener.accept() => {
+                        let Ok(stream) = r else { continue };
+                        conns.push(tokio::spawn(serve_endpoint(stream, t.clone(), c.clone(), o.clone(), s.clone())));
+                    }
+                    _ = &mut stop_rx => break,
+                }
+            }
+            // Killed: every connection goes with it.
+            for c in conns {
+                c.abort();
+            }
+        });
+        TestEndpoint {
+            address,
+            tag: tag.into(),
+            calls,
+            oneways,
+            stalled,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn endpoint(&self, service: &str) -> Endpoint {
+        Endpoint::new(service, &self.address.to_string())
+    }
+
+    /// Closes the listener and every connection at once (like kill -9).
+    pub async fn kill(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+async fn serve_endpoint(
+    stream: Stream,
+    tag: String,
+    calls: Arc<AtomicUsize>,
+    oneways: Arc<Mutex<Vec<Vec<u8>>>>,
+    stalled: Arc<AtomicBool>,
+) {
+    let (r, w) = stream.into_split();
+    let mut reader = tokio_util::codec::FramedRead::new(r, FrameCodec::default());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BytesMut>();
+    let writer = tokio::spawn(async move {
+        let mut w = rpc_transport::FrameWriter::new(w);
+        while let Some(f) = rx.recv().await {
+            w.push(f.freeze());
+            while let Ok(f) = rx.try_recv() {
+                w.push(f.freeze());
+            }
+            if w.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(Ok(frame)) = reader.next().await {
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let msg = Message::parse(frame).expect("proxy sends valid messages");
+        let seqid = msg.seqid();
+        match msg.kind() {
+            MessageType::Heartbeat => {
+                let _ = tx.send(msg.into_inner());
+            }
+            MessageType::Oneway => oneways.lock().unwrap().push(msg.body().to_vec()),
+            MessageType::Call => {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let name = msg.name().to_vec();
+                let reply = |body: &[u8]| encode_message(MessageType::Reply, &name, seqid, body);
+                match &name[..] {
+                    b"echo" => {
+                        let _ = tx.send(reply(msg.body()));
+                    }
+                    b"tag" => {
+                        let _ = tx.send(reply(tag.as_bytes()));
+                    }
+                    b"slow" => {
+                        let (tx, r) = (tx.clone(), reply(msg.body()));
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            let _ = tx.send(r);
+                        });
+                    }
+                    b"hang" => {}
+                    _ => {
+                        let e = rpc_codec::application_exception(
+                            &name,
+                            seqid,
+                            rpc_codec::ExceptionKind::UnknownMethod,
+                            "no such method",
+                        );
+                        let _ = tx.send(e);
+                    }
+                }
+            }
+            other => panic!("endpoint got unexpected {other:?}"),
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+// === Registry ===
+
+/// In-memory registry for tests of routing logic (the real backends have
+/// their own conformance suite and the discovery tests use ZooKeeper).
+#[derive(Clone)]
+pub struct MemRegistry {
+    map: Arc<watch::Sender<Arc<ServiceMap>>>,
+}
+
+impl MemRegistry {
+    pub fn new() -> MemRegistry {
+        MemRegistry {
+            map: Arc::new(watch::channel(Arc::new(BTreeMap::new())).0),
+        }
+    }
+
+    pub fn set(&self, service: &str, endpoints: Vec<Endpoint>) {
+        self.map.send_modify(|m| {
+            Arc::make_mut(m).insert(service.to_string(), endpoints);
+        });
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for MemRegistry {
+    async fn register(&self, endpoint: Endpoint) -> Result<Registration, RegistryError> {
+        let map = self.map.clone();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel();
+        map.send_modify(|m| {
+            Arc::make_mut(m)
+                .entry(endpoint.service.clone())
+                .or_default()
+                .push(endpoint.clone())
+        });
+        let task = tokio::spawn(async move {
+            let _ = stop_rx.await;
+            map.send_modify(|m| {
+                if let Some(v) = Arc::make_mut(m).get_mut(&endpoint.service) {
+                    v.retain(|e| e.service_id != endpoint.service_id);
+                }
+            });
+        });
+        Ok(Registration::new(stop, task))
+    }
+
+    async fn watch(&self) -> Result<watch::Receiver<Arc<ServiceMap>>, RegistryError> {
+        Ok(self.map.subscribe())
+    }
+}
+
+// === Proxy ===
+
+pub fn test_config(extra: &str) -> Config {
+    let mut c = Config::parse(extra).unwrap();
+    if c.proxy_address.is_empty() {
+        c.proxy_address = vec!["127.0.0.1:0".parse().unwrap()];
+    }
+    c
+}
+
+pub async fn start_proxy(
+    config: &Config,
+    registry: Arc<dyn Registry>,
+) -> (rpc_proxy::ProxyHandle, Address) {
+    let proxy = rpc_proxy::start(config, registry)
+        .await
+        .expect("proxy starts");
+    let addr = proxy.addresses()[0].clone();
+    (proxy, addr)
+}
+
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
