@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Installs what the tests need (ZooKeeper, the Thrift compiler and HAProxy
+# from Debian; the Python SDK and its test tools from PyPI), then runs every
+# test: the Rust workspace, the Python SDK, and a smoke run of the benchmark.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+need_apt=()
+command -v thrift >/dev/null || need_apt+=(thrift-compiler)
+command -v haproxy >/dev/null || need_apt+=(haproxy)
+[ -e /usr/share/zookeeper ] || need_apt+=(zookeeper)
+command -v java >/dev/null || need_apt+=(default-jre-headless)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "==> installing ${need_apt[*]}"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+fi
+
+echo "==> installing the Python SDK and test tools"
+python3 -m pip install -q --disable-pip-version-check thrift pytest
+if [ -f python/pyproject.toml ]; then
+    python3 -m pip install -q --disable-pip-version-check ./python
+fi
+
+echo "==> building"
+cargo build --workspace --all-targets
+
+log=$(mktemp -d)
+rust_rc=0
+echo "==> Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast 2>&1 | tee "$log/rust.txt" || rust_rc=$?
+else
+    cargo test --workspace --no-fail-fast 2>&1 | tee "$log/rust.txt" || rust_rc=$?
+fi
+
+py_rc=0
+if [ -d python/tests ]; then
+    echo "==> Python tests"
+    RPC_BIN_DIR="$PWD/target/debug" python3 -m pytest -q python/tests 2>&1 | tee "$log/py.txt" || py_rc=$?
+    [ "$py_rc" = 5 ] && py_rc=0 # no tests collected is not a failure of the code
+fi
+
+bench_rc=0
+if [ -x bench/run ]; then
+    echo "==> benchmark smoke run"
+    bench/run --quick 2>&1 | tee "$log/bench.txt" || bench_rc=$?
+fi
+
+# One closing line over both runners.
+rust_pass=0; rust_fail=0; py_pass=0; py_fail=0
+if grep -q "tests run:" "$log/rust.txt"; then
+    line=$(grep "tests run:" "$log/rust.txt" | tail -1)
+    rust_pass=$(sed -n 's/.* \([0-9]\+\) passed.*/\1/p' <<<"$line")
+    rust_fail=$(sed -n 's/.* \([0-9]\+\) failed.*/\1/p' <<<"$line")
+else
+    rust_pass=$(grep -o '[0-9]\+ passed' "$log/rust.txt" | awk '{s+=$1} END {print s+0}')
+    rust_fail=$(grep -o '[0-9]\+ failed' "$log/rust.txt" | awk '{s+=$1} END {print s+0}')
+fi
+if [ -f "$log/py.txt" ]; then
+    py_pass=$(tail -1 "$log/py.txt" | grep -o '[0-9]\+ passed' | awk '{s+=$1} END {print s+0}')
+    py_fail=$(tail -1 "$log/py.txt" | grep -o '[0-9]\+ \(failed\|error\)' | awk '{s+=$1} END {print s+0}')
+fi
+passed=$(( ${rust_pass:-0} + ${py_pass:-0} ))
+failed=$(( ${rust_fail:-0} + ${py_fail:-0} ))
+if [ "$bench_rc" != 0 ]; then echo "benchmark smoke run failed (exit $bench_rc)"; failed=$((failed + 1)); fi
+if [ "$rust_rc" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
+if [ "$py_rc" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
+echo "rust: ${rust_pass:-0} passed, ${rust_fail:-0} failed; python: ${py_pass:-0} passed, ${py_fail:-0} failed"
+echo "total: $passed passed, $failed failed"
+[ "$failed" = 0 ]
