@@ -18,10 +18,9 @@ use rpc_codec::{
     application_exception, heartbeat_reply, ExceptionKind, FrameCodec, FrameError, Header, Message,
     MessageType,
 };
-use rpc_transport::{FrameWriter, Stream};
+use rpc_transport::{FrameReader, FrameWriter, Stream};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
 
 use crate::forward::{self, Answer};
 use crate::routes::Routes;
@@ -42,7 +41,7 @@ pub async fn serve(
 ) {
     let peer = stream.peer();
     let (r, w) = stream.into_split();
-    let mut reader = FramedRead::new(r, FrameCodec::new(settings.max_frame));
+    let mut reader = FrameReader::new(r, FrameCodec::new(settings.max_frame));
     let mut writer = FrameWriter::new(w);
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     // Set when reading must stop: the final frame to send after the
@@ -91,7 +90,7 @@ pub async fn serve(
                         } else {
                             tracing::warn!(%peer, error = %e, "bad frame from client, closing");
                             // The header of an oversized frame may already be buffered.
-                            let header = reader.read_buffer().get(4..).and_then(Header::peek);
+                            let header = reader.buffered().get(4..).and_then(Header::peek);
                             closing = Some(Some(protocol_error(&e.to_string(), header)));
                         }
                     }

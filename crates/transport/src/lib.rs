@@ -2,9 +2,11 @@
 //! filesystem path (Unix domain socket), and every hop carries frames.
 
 mod address;
+mod reader;
 mod stream;
 mod writer;
 
 pub use address::Address;
-pub use stream::{Listener, Stream};
+pub use reader::FrameReader;
+pub use stream::{Listener, ReadHalf, Stream, WriteHalf};
 pub use writer::FrameWriter;

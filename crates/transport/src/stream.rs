@@ -59,6 +59,24 @@ pub enum ReadHalf {
     Unix(tokio::net::unix::OwnedReadHalf),
 }
 
+impl ReadHalf {
+    /// Waits until a read would not block.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            ReadHalf::Tcp(s) => s.readable().await,
+            ReadHalf::Unix(s) => s.readable().await,
+        }
+    }
+
+    /// Reads what is available without waiting (`WouldBlock` if nothing).
+    pub fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        match self {
+            ReadHalf::Tcp(s) => s.try_read_buf(buf),
+            ReadHalf::Unix(s) => s.try_read_buf(buf),
+        }
+    }
+}
+
 /// Owned write half of a [`Stream`].
 #[derive(Debug)]
 pub enum WriteHalf {

@@ -1,0 +1,129 @@
+use std::io;
+
+use bytes::BytesMut;
+use rpc_codec::{FrameCodec, FrameError};
+use tokio_util::codec::Decoder;
+
+use crate::stream::ReadHalf;
+
+/// Bytes requested from the kernel per read when no frame is pending.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Reads frames, many per wake-up, holding no buffer while the connection
+/// is idle.
+///
+/// `FramedRead` keeps an 8 KiB buffer per connection forever; with tens of
+/// thousands of mostly idle clients that is most of a proxy's memory. Here
+/// the buffer is allocated when the socket becomes readable and released
+/// once everything read has been handed out as frames.
+pub struct FrameReader {
+    io: ReadHalf,
+    buf: BytesMut,
+    codec: FrameCodec,
+}
+
+impl FrameReader {
+    pub fn new(io: ReadHalf, codec: FrameCodec) -> Self {
+        FrameReader {
+            io,
+            buf: BytesMut::new(),
+            codec,
+        }
+    }
+
+    /// Bytes read but not yet returned as a frame (e.g. the start of an
+    /// oversized frame, to read its header for an error reply).
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The next frame; `None` at a clean end of stream.
+    pub async fn next(&mut self) -> Option<Result<BytesMut, FrameError>> {
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if self.buf.is_empty() {
+                // Drop the (possibly shared) tail so idle costs nothing.
+                self.buf = BytesMut::new();
+                if let Err(e) = self.io.readable().await {
+                    return Some(Err(e.into()));
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            match self.io.try_read_buf(&mut self.buf) {
+                Ok(0) => {
+                    if self.buf.is_empty() {
+                        return None;
+                    }
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed inside a frame",
+                    );
+                    return Some(Err(e.into()));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !self.buf.is_empty() {
+                        if let Err(e) = self.io.readable().await {
+                            return Some(Err(e.into()));
+                        }
+                    }
+                }
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Address, Listener, Stream};
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn reads_frames_split_across_writes_and_reports_eof() {
+        let l = Listener::bind(&Address::Tcp("127.0.0.1:0".into()))
+            .await
+            .unwrap();
+        let addr = l.local_address();
+        let writer = tokio::spawn(async move {
+            let mut c = Stream::connect(&addr).await.unwrap();
+            let mut all = Vec::new();
+            for i in 0..100u32 {
+                all.extend_from_slice(&4u32.to_be_bytes());
+                all.extend_from_slice(&i.to_be_bytes());
+            }
+            for chunk in all.chunks(7) {
+                c.write_all(chunk).await.unwrap();
+                c.flush().await.unwrap();
+            }
+        });
+        let (r, _w) = l.accept().await.unwrap().into_split();
+        let mut reader = FrameReader::new(r, FrameCodec::default());
+        for i in 0..100u32 {
+            let f = reader.next().await.unwrap().unwrap();
+            assert_eq!(&f[4..], &i.to_be_bytes());
+        }
+        writer.await.unwrap();
+        assert!(reader.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn eof_inside_a_frame_is_an_error() {
+        let l = Listener::bind(&Address::Tcp("127.0.0.1:0".into()))
+            .await
+            .unwrap();
+        let mut c = Stream::connect(&l.local_address()).await.unwrap();
+        c.write_all(&[0, 0, 0, 9, 1, 2]).await.unwrap();
+        drop(c);
+        let (r, _w) = l.accept().await.unwrap().into_split();
+        let mut reader = FrameReader::new(r, FrameCodec::default());
+        assert!(matches!(reader.next().await, Some(Err(FrameError::Io(_)))));
+    }
+}
