@@ -1,24 +1,289 @@
-//! Embedded single-machine registry (in progress).
-use std::path::Path;
+//! The embedded single-machine backend: a directory of endpoint files.
+//!
+//! Layout mirrors ZooKeeper's:
+//! `{dir}/{product}/services/{service}/{service_id}.json`, each file the
+//! SPEC §6 JSON record plus the owning process (`pid` and its start time,
+//! so a recycled pid is not mistaken for the owner). Ephemeral nodes become
+//! "files whose owner is alive": watchers skip and delete entries of dead
+//! processes, so a crashed service disappears like an expired session.
+//! Watchers poll (cheap: one `stat` per file, content re-read only when it
+//! changed), which works on every filesystem and needs no server.
 
-use crate::RegistryError;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-pub struct LocalRegistry;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch, OnceCell};
+use tracing::{debug, info, warn};
 
-impl LocalRegistry {
-    pub fn open(_dir: &Path, _product: &str) -> Result<Self, RegistryError> {
-        unimplemented!()
+use crate::{Endpoint, Registration, Registry, RegistryError, ServiceMap};
+
+/// How often watchers look at the directory and registrants check that
+/// their file is still there.
+pub const POLL: Duration = Duration::from_millis(100);
+
+pub struct LocalRegistry {
+    base: PathBuf,
+    services: OnceCell<watch::Receiver<Arc<ServiceMap>>>,
+}
+
+/// What is stored: the endpoint record and its owner.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    #[serde(flatten)]
+    endpoint: Endpoint,
+    #[serde(flatten)]
+    owner: Owner,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+struct Owner {
+    pid: u32,
+    /// Start time of the process in clock ticks since boot (field 22 of
+    /// `/proc/{pid}/stat`); 0 where unknown.
+    #[serde(default)]
+    pid_start: u64,
+    /// Tells registrations of one process apart (a restarted service in
+    /// the same process must not be removed by its predecessor).
+    #[serde(default)]
+    token: u64,
+}
+
+impl Owner {
+    fn this_process() -> Owner {
+        let pid = std::process::id();
+        Owner {
+            pid,
+            pid_start: process_start(pid).unwrap_or(0),
+            token: rand::random(),
+        }
+    }
+
+    fn is_alive(&self) -> bool {
+        // SAFETY: signal 0 only checks that the process exists.
+        let rc = unsafe { libc::kill(self.pid as libc::pid_t, 0) };
+        if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            return false;
+        }
+        match (self.pid_start, process_start(self.pid)) {
+            (0, _) | (_, None) => true,
+            (want, Some(got)) => want == got,
+        }
     }
 }
+
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from its closing ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl LocalRegistry {
+    /// A registry rooted at `dir` (created if missing) for `product`.
+    pub fn open(dir: &Path, product: &str) -> Result<Self, RegistryError> {
+        let base = dir.join(product).join("services");
+        std::fs::create_dir_all(&base).map_err(|source| RegistryError::Local {
+            path: base.display().to_string(),
+            source,
+        })?;
+        Ok(LocalRegistry {
+            base,
+            services: OnceCell::new(),
+        })
+    }
+
+    /// `{dir}/{product}/services`.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+}
+
 #[async_trait::async_trait]
-impl crate::Registry for LocalRegistry {
-    async fn register(&self, _e: crate::Endpoint) -> Result<crate::Registration, RegistryError> {
-        unimplemented!()
+impl Registry for LocalRegistry {
+    async fn register(&self, endpoint: Endpoint) -> Result<Registration, RegistryError> {
+        let dir = self.base.join(&endpoint.service);
+        let path = dir.join(format!("{}.json", endpoint.service_id));
+        let record = Record {
+            endpoint,
+            owner: Owner::this_process(),
+        };
+        let data = serde_json::to_vec_pretty(&record).expect("record serializes");
+        write_atomically(&dir, &path, &data)?;
+        info!(path = %path.display(), "registered");
+        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            // Like a re-registration after session expiry: put the file
+            // back if something removed it, stop if another owner took it.
+            loop {
+                tokio::select! {
+                    _ = &mut stop_rx => break,
+                    _ = tokio::time::sleep(POLL * 10) => {}
+                }
+                match read_record(&path) {
+                    Ok(None) => {
+                        if let Err(e) = write_atomically(&dir, &path, &data) {
+                            warn!(error = %e, "re-register failed");
+                        } else {
+                            info!(path = %path.display(), "re-registered");
+                        }
+                    }
+                    Ok(Some(r)) if r.owner != record.owner => return,
+                    _ => {}
+                }
+            }
+            match read_record(&path) {
+                Ok(Some(r)) if r.owner == record.owner => {
+                    let _ = std::fs::remove_file(&path);
+                    info!(path = %path.display(), "deregistered");
+                }
+                _ => {}
+            }
+        });
+        Ok(Registration::new(stop_tx, task))
     }
-    async fn watch(
-        &self,
-    ) -> Result<tokio::sync::watch::Receiver<std::sync::Arc<crate::ServiceMap>>, RegistryError>
-    {
-        unimplemented!()
+
+    async fn watch(&self) -> Result<watch::Receiver<Arc<ServiceMap>>, RegistryError> {
+        let rx = self
+            .services
+            .get_or_try_init(|| async {
+                let mut scanner = Scanner {
+                    base: self.base.clone(),
+                    cache: HashMap::new(),
+                };
+                let first = scanner.scan()?;
+                let (tx, rx) = watch::channel(Arc::new(first));
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = tx.closed() => return,
+                            _ = tokio::time::sleep(POLL) => {}
+                        }
+                        match scanner.scan() {
+                            Ok(map) => {
+                                tx.send_if_modified(|cur| {
+                                    if **cur == map {
+                                        return false;
+                                    }
+                                    *cur = Arc::new(map);
+                                    true
+                                });
+                            }
+                            // Keep the last view, like a ZooKeeper outage.
+                            Err(e) => debug!(error = %e, "local registry scan failed"),
+                        }
+                    }
+                });
+                Ok::<_, RegistryError>(rx)
+            })
+            .await?;
+        Ok(rx.clone())
     }
+}
+
+fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> Result<(), RegistryError> {
+    let err = |source| RegistryError::Local {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, data).map_err(err)?;
+    // A rename replaces a stale entry at the same path in one step.
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+fn read_record(path: &Path) -> std::io::Result<Option<Record>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A parsed file (None if malformed) and the (mtime, size) it was read at.
+type Cached = (SystemTime, u64, Option<(Endpoint, Option<Owner>)>);
+
+/// Reads the tree, re-parsing only files whose mtime or size changed.
+struct Scanner {
+    base: PathBuf,
+    cache: HashMap<PathBuf, Cached>,
+}
+
+impl Scanner {
+    fn scan(&mut self) -> Result<ServiceMap, RegistryError> {
+        let err = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| RegistryError::Local { path, source }
+        };
+        let mut map = ServiceMap::new();
+        let mut seen = HashMap::new();
+        for service in std::fs::read_dir(&self.base).map_err(err(&self.base))? {
+            let service = service.map_err(err(&self.base))?;
+            if !service.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let Ok(files) = std::fs::read_dir(service.path()) else {
+                continue; // removed meanwhile
+            };
+            let mut endpoints = Vec::new();
+            for file in files.flatten() {
+                let path = file.path();
+                if path.extension().is_none_or(|e| e != "json")
+                    || file.file_name().to_string_lossy().starts_with('.')
+                {
+                    continue;
+                }
+                let Ok(meta) = file.metadata() else { continue };
+                let stamp = (
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    meta.len(),
+                );
+                let parsed = match self.cache.remove(&path) {
+                    Some((t, l, p)) if (t, l) == stamp => p,
+                    _ => parse_entry(&path),
+                };
+                if let Some((ep, owner)) = &parsed {
+                    if owner.is_some_and(|o| !o.is_alive()) {
+                        // The owner died without deregistering.
+                        info!(path = %path.display(), "removing the entry of a dead process");
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    endpoints.push(ep.clone());
+                }
+                seen.insert(path, (stamp.0, stamp.1, parsed));
+            }
+            if !endpoints.is_empty() {
+                endpoints.sort_by(|a, b| a.service_id.cmp(&b.service_id));
+                map.insert(
+                    service.file_name().to_string_lossy().into_owned(),
+                    endpoints,
+                );
+            }
+        }
+        self.cache = seen;
+        Ok(map)
+    }
+}
+
+/// An endpoint and its owner; records written by hand (no owner) are kept
+/// until removed. Malformed files are ignored with a warning.
+fn parse_entry(path: &Path) -> Option<(Endpoint, Option<Owner>)> {
+    let bytes = std::fs::read(path).ok()?;
+    let endpoint: Endpoint = match serde_json::from_slice(&bytes) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "ignoring a malformed endpoint record");
+            return None;
+        }
+    };
+    let owner = serde_json::from_slice::<Owner>(&bytes).ok();
+    Some((endpoint, owner))
 }

@@ -1,28 +1,363 @@
-//! ZooKeeper registry (in progress).
-use std::path::Path;
+//! The ZooKeeper backend (SPEC §6).
+//!
+//! One ZooKeeper session per [`ZkRegistry`], kept by a supervisor task:
+//! while the connection is merely lost the client library reconnects within
+//! the session; once the session has expired the supervisor opens a new one
+//! and publishes it. Registrations and the watcher follow the current
+//! session: a registration re-creates its ephemeral node under every new
+//! session, and the watcher re-reads the tree. Reads that fail leave the
+//! last published map untouched, so a ZooKeeper outage never empties a
+//! proxy's routing table.
 
-use crate::RegistryError;
+use std::sync::Arc;
+use std::time::Duration;
 
-pub struct ZkRegistry;
+use futures::future::{join_all, select_all};
+use tokio::sync::{oneshot, watch, OnceCell};
+use tracing::{debug, info, warn};
+use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, SessionId, SessionState};
+
+use crate::{Endpoint, Registration, Registry, RegistryError, ServiceMap};
+
+/// Pause between retries of a failed ZooKeeper operation.
+const RETRY: Duration = Duration::from_millis(200);
+
+pub struct ZkRegistry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hosts: String,
+    /// `/zk/product/{product}/services`
+    base: String,
+    session_timeout: Duration,
+    /// The current session's client; replaced after an expiry.
+    client: watch::Receiver<Client>,
+    services: OnceCell<watch::Receiver<Arc<ServiceMap>>>,
+}
 
 impl ZkRegistry {
+    /// Connects to `hosts` (ZooKeeper's `host:port,host:port` form) for
+    /// `product`. Fails if no server answers within the session timeout.
     pub async fn connect(
-        _hosts: &str,
-        _product: &str,
-        _t: std::time::Duration,
+        hosts: &str,
+        product: &str,
+        session_timeout: Duration,
     ) -> Result<Self, RegistryError> {
-        unimplemented!()
+        let client = new_session(hosts, session_timeout)
+            .await
+            .map_err(|e| RegistryError::ZooKeeper(format!("connect to {hosts}: {e}")))?;
+        info!(hosts, session = %client.session_id(), "connected to ZooKeeper");
+        let (tx, rx) = watch::channel(client);
+        tokio::spawn(supervise(hosts.to_string(), session_timeout, tx));
+        Ok(ZkRegistry {
+            inner: Arc::new(Inner {
+                hosts: hosts.to_string(),
+                base: format!("/zk/product/{product}/services"),
+                session_timeout,
+                client: rx,
+                services: OnceCell::new(),
+            }),
+        })
+    }
+
+    /// The current session (tests expire it on purpose).
+    pub fn session_id(&self) -> SessionId {
+        self.inner.client.borrow().session_id()
+    }
+
+    /// The current session's client (tests use it to inspect the tree).
+    pub fn client(&self) -> Client {
+        self.inner.client.borrow().clone()
+    }
+
+    pub fn hosts(&self) -> &str {
+        &self.inner.hosts
     }
 }
+
+async fn new_session(hosts: &str, session_timeout: Duration) -> Result<Client, ZkError> {
+    Client::connector()
+        .with_session_timeout(session_timeout)
+        .with_connection_timeout(Duration::from_secs(1).min(session_timeout))
+        .connect(hosts)
+        .await
+}
+
+/// Keeps one live session published in `tx`; opens a new one after expiry.
+/// The session lives as long as anyone uses it: the registry, a
+/// registration or a watcher (each holds a receiver).
+async fn supervise(hosts: String, session_timeout: Duration, tx: watch::Sender<Client>) {
+    let stop = tx.closed();
+    tokio::pin!(stop);
+    loop {
+        let mut states = tx.borrow().state_watcher();
+        // Wait for a terminal state of the current session.
+        loop {
+            let state = tokio::select! {
+                _ = &mut stop => return,
+                s = states.changed() => s,
+            };
+            match state {
+                SessionState::Disconnected => warn!(hosts, "ZooKeeper connection lost"),
+                SessionState::SyncConnected => info!(hosts, "ZooKeeper connection back"),
+                s if s.is_terminated() => {
+                    warn!(hosts, state = ?s, "ZooKeeper session ended");
+                    break;
+                }
+                _ => {}
+            }
+        }
+        // Open a new session, retrying until a server answers.
+        let client = loop {
+            let attempt = tokio::select! {
+                _ = &mut stop => return,
+                c = new_session(&hosts, session_timeout) => c,
+            };
+            match attempt {
+                Ok(c) => break c,
+                Err(e) => {
+                    debug!(hosts, error = %e, "ZooKeeper reconnect failed");
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        _ = tokio::time::sleep(RETRY) => {}
+                    }
+                }
+            }
+        };
+        info!(hosts, session = %client.session_id(), "new ZooKeeper session");
+        if tx.send(client).is_err() {
+            return;
+        }
+    }
+}
+
 #[async_trait::async_trait]
-impl crate::Registry for ZkRegistry {
-    async fn register(&self, _e: crate::Endpoint) -> Result<crate::Registration, RegistryError> {
-        unimplemented!()
+impl Registry for ZkRegistry {
+    async fn register(&self, endpoint: Endpoint) -> Result<Registration, RegistryError> {
+        let path = format!(
+            "{}/{}/{}",
+            self.inner.base, endpoint.service, endpoint.service_id
+        );
+        let data = serde_json::to_vec(&endpoint).expect("endpoint serializes");
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let task = tokio::spawn(keep_registered(
+            self.inner.client.clone(),
+            path.clone(),
+            data,
+            ready_tx,
+            stop_rx,
+        ));
+        // A registrant starting while ZooKeeper is away gets an error rather
+        // than hanging; once registered it survives outages.
+        let wait = self.inner.session_timeout.max(Duration::from_secs(5)) * 2;
+        match tokio::time::timeout(wait, ready_rx).await {
+            Ok(Ok(())) => Ok(Registration::new(stop_tx, task)),
+            _ => {
+                task.abort();
+                Err(RegistryError::ZooKeeper(format!(
+                    "could not create {path} within {wait:?}"
+                )))
+            }
+        }
     }
-    async fn watch(
-        &self,
-    ) -> Result<tokio::sync::watch::Receiver<std::sync::Arc<crate::ServiceMap>>, RegistryError>
-    {
-        unimplemented!()
+
+    async fn watch(&self) -> Result<watch::Receiver<Arc<ServiceMap>>, RegistryError> {
+        let inner = &self.inner;
+        let rx = inner
+            .services
+            .get_or_init(|| async {
+                let (tx, rx) = watch::channel(Arc::new(ServiceMap::new()));
+                let (ready_tx, ready_rx) = oneshot::channel();
+                tokio::spawn(watch_services(
+                    inner.client.clone(),
+                    inner.base.clone(),
+                    inner.session_timeout,
+                    tx,
+                    ready_tx,
+                ));
+                let _ = ready_rx.await;
+                rx
+            })
+            .await;
+        Ok(rx.clone())
     }
+}
+
+/// Publishes the node under every session until stopped, then deletes it
+/// (only if it is still ours: a newer registrant may have replaced it).
+async fn keep_registered(
+    mut clients: watch::Receiver<Client>,
+    path: String,
+    data: Vec<u8>,
+    ready: oneshot::Sender<()>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut ready = Some(ready);
+    loop {
+        let client = clients.borrow_and_update().clone();
+        match publish(&client, &path, &data).await {
+            Ok(()) => {
+                info!(path, session = %client.session_id(), "registered");
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+                tokio::select! {
+                    _ = &mut stop => {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), unpublish(&client, &path)).await;
+                        return;
+                    }
+                    changed = clients.changed() => {
+                        if changed.is_err() {
+                            return; // registry closed: the session goes with it
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                debug!(path, error = %e, "register failed; retrying");
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn publish(client: &Client, path: &str, data: &[u8]) -> Result<(), ZkError> {
+    let parent = &path[..path.rfind('/').expect("absolute path")];
+    client
+        .mkdir(
+            parent,
+            &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+        )
+        .await?;
+    let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+    for _ in 0..3 {
+        match client.check_stat(path).await? {
+            // Already ours (a retry after a lost reply): nothing to do.
+            Some(stat) if stat.ephemeral_owner == client.session_id().0 => return Ok(()),
+            Some(_) => match client.delete(path, None).await {
+                Ok(()) | Err(ZkError::NoNode) => {}
+                Err(e) => return Err(e),
+            },
+            None => {}
+        }
+        match client.create(path, data, &ephemeral).await {
+            Ok(_) => return Ok(()),
+            Err(ZkError::NodeExists) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ZkError::NodeExists)
+}
+
+async fn unpublish(client: &Client, path: &str) {
+    match client.check_stat(path).await {
+        Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => {
+            match client.delete(path, Some(stat.version)).await {
+                Ok(()) => info!(path, "deregistered"),
+                Err(e) => warn!(path, error = %e, "deregister failed"),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!(path, error = %e, "deregister failed"),
+    }
+}
+
+/// Re-reads the product's tree on every change and publishes it; a failed
+/// read keeps the last map.
+async fn watch_services(
+    mut clients: watch::Receiver<Client>,
+    base: String,
+    timeout: Duration,
+    tx: watch::Sender<Arc<ServiceMap>>,
+    ready: oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    loop {
+        let client = clients.borrow_and_update().clone();
+        let read = tokio::time::timeout(timeout, read_tree(&client, &base)).await;
+        match read {
+            Ok(Ok((map, watchers))) => {
+                tx.send_if_modified(|current| {
+                    if **current == map {
+                        return false;
+                    }
+                    debug!(services = map.len(), "registry changed");
+                    *current = Arc::new(map);
+                    true
+                });
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+                tokio::select! {
+                    _ = select_all(watchers.into_iter().map(|w| Box::pin(w.changed()))) => {}
+                    changed = clients.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+            Ok(Err(e)) => debug!(error = %e, "registry read failed; keeping the last view"),
+            Err(_) => debug!("registry read timed out; keeping the last view"),
+        }
+        if ready.is_some() {
+            // The first view is owed to `watch()`: keep trying promptly.
+            tokio::time::sleep(RETRY).await;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            changed = clients.changed() => if changed.is_err() { return },
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+type Watchers = Vec<zookeeper_client::OneshotWatcher>;
+
+async fn read_tree(client: &Client, base: &str) -> Result<(ServiceMap, Watchers), ZkError> {
+    client
+        .mkdir(base, &CreateMode::Persistent.with_acls(Acls::anyone_all()))
+        .await?;
+    let (services, _, w) = client.get_and_watch_children(base).await?;
+    let mut watchers = vec![w];
+    let listed = join_all(services.iter().map(|s| async move {
+        let path = format!("{base}/{s}");
+        match client.get_and_watch_children(&path).await {
+            Ok((ids, _, w)) => Ok(Some((s.clone(), path, ids, w))),
+            Err(ZkError::NoNode) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }))
+    .await;
+    let mut map = ServiceMap::new();
+    for entry in listed {
+        let Some((service, path, ids, w)) = entry? else {
+            continue;
+        };
+        watchers.push(w);
+        let records = join_all(ids.iter().map(|id| {
+            let node = format!("{path}/{id}");
+            async move { (client.get_data(&node).await, node) }
+        }))
+        .await;
+        let mut endpoints = Vec::new();
+        for (data, node) in records {
+            match data {
+                Ok((bytes, _)) => match serde_json::from_slice::<Endpoint>(&bytes) {
+                    Ok(ep) => endpoints.push(ep),
+                    Err(e) => warn!(node, error = %e, "ignoring a malformed endpoint record"),
+                },
+                Err(ZkError::NoNode) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !endpoints.is_empty() {
+            endpoints.sort_by(|a, b| a.service_id.cmp(&b.service_id));
+            map.insert(service, endpoints);
+        }
+    }
+    Ok((map, watchers))
 }

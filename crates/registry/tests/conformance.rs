@@ -1,0 +1,373 @@
+//! One behaviour, two backends: every test in `suite` runs against a real
+//! ZooKeeper (started here on a free loopback port) and against the local
+//! directory backend. Backend-specific behaviour (exact znode layout,
+//! session expiry, outages, dead processes) follows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rpc_registry::local::LocalRegistry;
+use rpc_registry::zk::ZkRegistry;
+use rpc_registry::{Endpoint, Registry, ServiceMap};
+use rpc_testkit::ZkServer;
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(10);
+const SESSION: Duration = Duration::from_secs(2);
+
+/// Opens registries of one backend, all on the same store.
+trait Backend {
+    async fn open(&self, product: &str) -> Arc<dyn Registry>;
+}
+
+struct Zk(ZkServer);
+impl Backend for Zk {
+    async fn open(&self, product: &str) -> Arc<dyn Registry> {
+        Arc::new(
+            ZkRegistry::connect(&self.0.hosts(), product, SESSION)
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+struct Local(tempfile::TempDir);
+impl Backend for Local {
+    async fn open(&self, product: &str) -> Arc<dyn Registry> {
+        Arc::new(LocalRegistry::open(self.0.path(), product).unwrap())
+    }
+}
+
+fn ep(service: &str, port: u16) -> Endpoint {
+    let mut e = Endpoint::new(service, &format!("127.0.0.1:{port}"));
+    e.code_url_version = "git@host:team/svc.git@1a2b3c4".into();
+    e
+}
+
+/// Waits until the view satisfies `cond`, returning it.
+async fn until(
+    rx: &mut watch::Receiver<Arc<ServiceMap>>,
+    what: &str,
+    cond: impl Fn(&ServiceMap) -> bool,
+) -> Arc<ServiceMap> {
+    let found = match tokio::time::timeout(WAIT, rx.wait_for(|m| cond(m))).await {
+        Ok(Ok(m)) => Some(m.clone()),
+        _ => None,
+    };
+    found.unwrap_or_else(|| panic!("timed out waiting for {what}; view: {:?}", *rx.borrow()))
+}
+
+fn frontends(m: &ServiceMap, service: &str) -> Vec<String> {
+    m.get(service)
+        .map(|v| v.iter().map(|e| e.frontend.clone()).collect())
+        .unwrap_or_default()
+}
+
+mod suite {
+    use super::*;
+
+    pub async fn registered_endpoint_is_seen_with_its_record(b: impl Backend) {
+        let reg = b.open("test").await;
+        let watcher = b.open("test").await;
+        let mut rx = watcher.watch().await.unwrap();
+        assert!(rx.borrow().is_empty());
+        let e = ep("echo", 7001);
+        let _r = reg.register(e.clone()).await.unwrap();
+        let m = until(&mut rx, "echo", |m| m.contains_key("echo")).await;
+        assert_eq!(m["echo"], vec![e]);
+    }
+
+    pub async fn first_view_is_complete(b: impl Backend) {
+        let reg = b.open("test").await;
+        let _a = reg.register(ep("echo", 7001)).await.unwrap();
+        let _b = reg.register(ep("echo", 7002)).await.unwrap();
+        let _c = reg.register(ep("other", 7003)).await.unwrap();
+        let m = b.open("test").await.watch().await.unwrap().borrow().clone();
+        assert_eq!(
+            frontends(&m, "echo"),
+            ["127.0.0.1:7001", "127.0.0.1:7002"],
+            "sorted by service_id"
+        );
+        assert_eq!(frontends(&m, "other"), ["127.0.0.1:7003"]);
+    }
+
+    pub async fn deregister_and_drop_remove_the_entry(b: impl Backend) {
+        let reg = b.open("test").await;
+        let mut rx = b.open("test").await.watch().await.unwrap();
+        let a = reg.register(ep("echo", 7001)).await.unwrap();
+        let c = reg.register(ep("echo", 7002)).await.unwrap();
+        until(&mut rx, "two", |m| frontends(m, "echo").len() == 2).await;
+        a.deregister().await;
+        until(&mut rx, "one left", |m| {
+            frontends(m, "echo") == ["127.0.0.1:7002"]
+        })
+        .await;
+        drop(c);
+        until(&mut rx, "service gone", |m| !m.contains_key("echo")).await;
+    }
+
+    pub async fn products_are_isolated(b: impl Backend) {
+        let test = b.open("test").await;
+        let online = b.open("online_x").await;
+        let _t = test.register(ep("echo", 7001)).await.unwrap();
+        let _o = online.register(ep("echo", 7002)).await.unwrap();
+        let mut rx = test.watch().await.unwrap();
+        let m = until(&mut rx, "echo", |m| m.contains_key("echo")).await;
+        assert_eq!(frontends(&m, "echo"), ["127.0.0.1:7001"]);
+        let mut rx = online.watch().await.unwrap();
+        let m = until(&mut rx, "echo", |m| m.contains_key("echo")).await;
+        assert_eq!(frontends(&m, "echo"), ["127.0.0.1:7002"]);
+    }
+
+    /// A restarted service registers the same path again: the newer record
+    /// wins, and the older registration's removal must not delete it.
+    pub async fn newer_registration_replaces_a_stale_one(b: impl Backend) {
+        let old = b.open("test").await;
+        let new = b.open("test").await;
+        let mut rx = b.open("test").await.watch().await.unwrap();
+        let r_old = old.register(ep("echo", 7001)).await.unwrap();
+        let mut e = ep("echo", 7001);
+        e.deploy_path = "/srv/echo-v2".into();
+        let _r_new = new.register(e).await.unwrap();
+        until(&mut rx, "new record", |m| {
+            m.get("echo")
+                .is_some_and(|v| v.len() == 1 && v[0].deploy_path == "/srv/echo-v2")
+        })
+        .await;
+        r_old.deregister().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let m = rx.borrow().clone();
+        assert_eq!(m["echo"][0].deploy_path, "/srv/echo-v2");
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),*) => {
+        mod zk {
+            use super::*;
+            $(#[tokio::test] async fn $name() { suite::$name(Zk(ZkServer::start())).await })*
+        }
+        mod local {
+            use super::*;
+            $(#[tokio::test] async fn $name() { suite::$name(Local(tempfile::tempdir().unwrap())).await })*
+        }
+    };
+}
+
+conformance!(
+    registered_endpoint_is_seen_with_its_record,
+    first_view_is_complete,
+    deregister_and_drop_remove_the_entry,
+    products_are_isolated,
+    newer_registration_replaces_a_stale_one
+);
+
+// === ZooKeeper only ===
+
+#[tokio::test]
+async fn zk_layout_and_json_follow_the_spec() {
+    let zk = ZkServer::start();
+    let reg = ZkRegistry::connect(&zk.hosts(), "online_x", SESSION)
+        .await
+        .unwrap();
+    let _r = reg.register(ep("echo", 5555)).await.unwrap();
+    let client = reg.client();
+    let (data, stat) = client
+        .get_data("/zk/product/online_x/services/echo/127_0_0_1_5555")
+        .await
+        .unwrap();
+    assert_ne!(stat.ephemeral_owner, 0, "endpoint nodes are ephemeral");
+    let (_, parent) = client
+        .get_data("/zk/product/online_x/services/echo")
+        .await
+        .unwrap();
+    assert_eq!(parent.ephemeral_owner, 0, "parents are persistent");
+    let json: serde_json::Value = serde_json::from_slice(&data).unwrap();
+    for key in [
+        "service",
+        "service_id",
+        "frontend",
+        "deploy_path",
+        "code_url_version",
+        "hostname",
+        "start_time",
+    ] {
+        assert!(json.get(key).is_some(), "{key} in {json}");
+    }
+    assert_eq!(json["service_id"], "127_0_0_1_5555");
+    assert_eq!(json["frontend"], "127.0.0.1:5555");
+}
+
+#[tokio::test]
+async fn zk_records_from_other_writers_are_read_leniently() {
+    use zookeeper_client::{Acls, CreateMode};
+    let zk = ZkServer::start();
+    let reg = ZkRegistry::connect(&zk.hosts(), "test", SESSION)
+        .await
+        .unwrap();
+    let client = reg.client();
+    let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    client
+        .mkdir("/zk/product/test/services/echo", &opts)
+        .await
+        .unwrap();
+    // Extra fields and missing optional ones: accepted. Garbage: skipped.
+    let good =
+        br#"{"service":"echo","service_id":"127_0_0_1_1","frontend":"127.0.0.1:1","weight":3}"#;
+    client
+        .create("/zk/product/test/services/echo/127_0_0_1_1", good, &opts)
+        .await
+        .unwrap();
+    client
+        .create("/zk/product/test/services/echo/bad", b"not json", &opts)
+        .await
+        .unwrap();
+    let mut rx = reg.watch().await.unwrap();
+    let m = until(&mut rx, "echo", |m| m.contains_key("echo")).await;
+    assert_eq!(frontends(&m, "echo"), ["127.0.0.1:1"]);
+}
+
+/// A loopback TCP relay that can cut every connection through it, to
+/// partition a client from a running ZooKeeper.
+struct Relay {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    async fn start(upstream: u16) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = listener.accept().await.unwrap();
+                if flag.load(Ordering::SeqCst) {
+                    continue; // dropped: refused while cut
+                }
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let cut = async {
+                        while !flag.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    };
+                    tokio::select! { _ = copy => {}, _ = cut => {} }
+                });
+            }
+        });
+        Relay { port, cut }
+    }
+
+    fn hosts(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A registrant cut off from a live ZooKeeper for longer than its session
+/// finds the session expired when it gets back, and registers again.
+#[tokio::test]
+async fn zk_registrant_registers_again_after_its_session_expires() {
+    let zk = ZkServer::start();
+    let relay = Relay::start(zk.port()).await;
+    let reg = ZkRegistry::connect(&relay.hosts(), "test", SESSION)
+        .await
+        .unwrap();
+    let _r = reg.register(ep("echo", 7001)).await.unwrap();
+    let first = reg.session_id();
+    let watcher = ZkRegistry::connect(&zk.hosts(), "test", SESSION)
+        .await
+        .unwrap();
+    let mut rx = watcher.watch().await.unwrap();
+    until(&mut rx, "registered", |m| m.contains_key("echo")).await;
+
+    relay.set_cut(true);
+    until(&mut rx, "node gone with the expired session", |m| {
+        !m.contains_key("echo")
+    })
+    .await;
+    relay.set_cut(false);
+    until(&mut rx, "registered again", |m| m.contains_key("echo")).await;
+    assert_ne!(reg.session_id(), first, "under a new session");
+}
+
+#[tokio::test]
+async fn zk_outage_keeps_the_last_view_and_recovers() {
+    let mut zk = ZkServer::start();
+    let reg = ZkRegistry::connect(&zk.hosts(), "test", SESSION)
+        .await
+        .unwrap();
+    let _r = reg.register(ep("echo", 7001)).await.unwrap();
+    let watcher = ZkRegistry::connect(&zk.hosts(), "test", SESSION)
+        .await
+        .unwrap();
+    let mut rx = watcher.watch().await.unwrap();
+    until(&mut rx, "registered", |m| m.contains_key("echo")).await;
+
+    zk.stop();
+    // Longer than the session: both sessions expire meanwhile.
+    tokio::time::sleep(SESSION * 2).await;
+    assert_eq!(
+        frontends(&rx.borrow(), "echo"),
+        ["127.0.0.1:7001"],
+        "an outage never empties the view"
+    );
+    zk.restart();
+    let _r2 = reg.register(ep("echo", 7002)).await.unwrap();
+    let m = until(&mut rx, "both after recovery", |m| {
+        frontends(m, "echo").len() == 2
+    })
+    .await;
+    assert_eq!(frontends(&m, "echo"), ["127.0.0.1:7001", "127.0.0.1:7002"]);
+}
+
+// === Local directory only ===
+
+#[tokio::test]
+async fn local_entries_of_dead_processes_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = LocalRegistry::open(dir.path(), "test").unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let mut record = serde_json::to_value(ep("echo", 7001)).unwrap();
+    record["pid"] = child.id().into();
+    let path = reg.base().join("echo/127_0_0_1_7001.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+
+    let mut rx = reg.watch().await.unwrap();
+    until(&mut rx, "live owner's entry", |m| m.contains_key("echo")).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    until(&mut rx, "dead owner's entry gone", |m| {
+        !m.contains_key("echo")
+    })
+    .await;
+    assert!(!path.exists(), "the stale file is cleaned up");
+}
+
+#[tokio::test]
+async fn local_registration_comes_back_if_its_file_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = LocalRegistry::open(dir.path(), "test").unwrap();
+    let _r = reg.register(ep("echo", 7001)).await.unwrap();
+    let path = reg.base().join("echo/127_0_0_1_7001.json");
+    assert!(path.exists());
+    std::fs::remove_file(&path).unwrap();
+    let mut rx = reg.watch().await.unwrap();
+    until(&mut rx, "re-registered", |m| m.contains_key("echo")).await;
+}
