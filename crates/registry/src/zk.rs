@@ -269,6 +269,12 @@ async fn unpublish(client: &Client, path: &str) {
 
 /// Re-reads the product's tree on every change and publishes it; a failed
 /// read keeps the last map.
+///
+/// After a session expiry every registrant's node is gone until that
+/// registrant, too, has a new session and registers again. For one session
+/// timeout after our own new session, the view therefore only grows:
+/// endpoints missing from the tree stay until the settle period is over, so
+/// live services are not dropped for the moment they take to come back.
 async fn watch_services(
     mut clients: watch::Receiver<Client>,
     base: String,
@@ -277,12 +283,20 @@ async fn watch_services(
     ready: oneshot::Sender<()>,
 ) {
     let mut ready = Some(ready);
+    let mut settle_until: Option<tokio::time::Instant> = None;
     loop {
         let client = clients.borrow_and_update().clone();
         let read = tokio::time::timeout(timeout, read_tree(&client, &base)).await;
         match read {
-            Ok(Ok((map, watchers))) => {
+            Ok(Ok((mut map, watchers))) => {
+                let settling = settle_until.is_some_and(|t| tokio::time::Instant::now() < t);
+                if !settling {
+                    settle_until = None;
+                }
                 tx.send_if_modified(|current| {
+                    if settling {
+                        keep_missing(&mut map, current);
+                    }
                     if **current == map {
                         return false;
                     }
@@ -293,11 +307,22 @@ async fn watch_services(
                 if let Some(r) = ready.take() {
                     let _ = r.send(());
                 }
+                let settled = async {
+                    match settle_until {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = select_all(watchers.into_iter().map(|w| Box::pin(w.changed()))) => {}
-                    changed = clients.changed() => if changed.is_err() { return },
+                    _ = settled => {}
+                    changed = clients.changed() => {
+                        if changed.is_err() { return }
+                        settle_until = Some(tokio::time::Instant::now() + timeout);
+                    }
                     _ = tx.closed() => return,
                 }
+                continue;
             }
             Ok(Err(e)) => debug!(error = %e, "registry read failed; keeping the last view"),
             Err(_) => debug!("registry read timed out; keeping the last view"),
@@ -309,9 +334,25 @@ async fn watch_services(
         }
         tokio::select! {
             _ = tokio::time::sleep(RETRY) => {}
-            changed = clients.changed() => if changed.is_err() { return },
+            changed = clients.changed() => {
+                if changed.is_err() { return }
+                settle_until = Some(tokio::time::Instant::now() + timeout);
+            }
             _ = tx.closed() => return,
         }
+    }
+}
+
+/// Adds to `map` the endpoints of `previous` it lacks.
+fn keep_missing(map: &mut ServiceMap, previous: &ServiceMap) {
+    for (service, old) in previous {
+        let now = map.entry(service.clone()).or_default();
+        for ep in old {
+            if !now.iter().any(|e| e.service_id == ep.service_id) {
+                now.push(ep.clone());
+            }
+        }
+        now.sort_by(|a, b| a.service_id.cmp(&b.service_id));
     }
 }
 
