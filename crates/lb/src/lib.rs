@@ -1,1 +1,58 @@
-//! (in progress)
+//! `rpc-lb`, the load balancer of SPEC §5: proxies connect to its frontend,
+//! worker processes dial its backend address, and each request goes to a
+//! worker with a free slot.
+//!
+//! Request path, top to bottom:
+//! - [`server`]: both listeners, connection limits, graceful stop;
+//! - [`frontend`]: one proxy connection: heartbeats, out-of-order replies,
+//!   backpressure, deadlines;
+//! - [`dispatch`]: least-loaded (or round-robin) choice of worker, the
+//!   bounded FIFO queue for when every slot is busy;
+//! - [`worker`]: one worker connection: seqid rewrite, batching,
+//!   heartbeats, lost-worker detection, STOP;
+//! - [`register`]: in the registry only while a worker is connected.
+
+pub mod dispatch;
+pub mod frontend;
+pub mod register;
+pub mod server;
+pub mod worker;
+
+pub use dispatch::Stats;
+pub use server::{start, LbHandle};
+
+/// The runtime the binary uses: `threads == 1` is a single-threaded
+/// runtime, `0` picks one worker thread per core.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 1 {
+        b.worker_threads(threads);
+    }
+    b.enable_all().build()
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Waits until `rx` holds a value satisfying `cond`; `false` if the sender
+/// is gone. Unlike `watch::Receiver::wait_for`, holds no borrow afterwards,
+/// so it can sit in a `select!` of a task that moves between threads.
+pub(crate) async fn until<T>(
+    rx: &mut tokio::sync::watch::Receiver<T>,
+    cond: impl FnMut(&T) -> bool,
+) -> bool {
+    rx.wait_for(cond).await.is_ok()
+}

@@ -1,0 +1,497 @@
+//! Which worker gets a request, and what waits when none can take it.
+//!
+//! The dispatcher knows every connected worker's load (requests handed to
+//! it and not yet answered) and its capacity (`worker_pool_size`). With
+//! `dispatch=least_loaded` a request goes to the worker with the fewest
+//! requests in flight among those with a free slot; when every slot is
+//! taken it waits in one bounded FIFO queue and leaves it the moment a slot
+//! frees (or is answered with a timeout once its deadline passes, never
+//! having been sent). `dispatch=round_robin` is the original's rotation
+//! over workers regardless of their load, kept for comparison; it still
+//! caps each worker at `backend_max_inflight` so memory stays bounded.
+//!
+//! All of it sits behind one short mutex that is never held across an
+//! `.await`: a dispatch decision is a scan over a handful of workers.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rpc_codec::Message;
+use rpc_config::Dispatch;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
+
+/// What becomes of a request handed to the dispatcher.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The worker's REPLY or EXCEPTION, seqid already restored to the caller's.
+    Reply(Message),
+    /// Written to a worker whose connection then failed.
+    Failed(String),
+    /// The deadline passed while it waited in the queue; never sent.
+    Expired,
+    /// Not accepted (queue full); never sent.
+    Rejected(String),
+}
+
+/// One request on its way to a worker.
+#[derive(Debug)]
+pub struct Job {
+    /// The request as read, seqid still the caller's.
+    pub msg: Message,
+    /// `None` for oneway calls.
+    pub reply: Option<oneshot::Sender<Outcome>>,
+    pub deadline: Instant,
+}
+
+impl Job {
+    /// Whether nobody is waiting for this job any more (caller gone or
+    /// deadline passed): such a job is dropped instead of sent.
+    fn is_stale(&self, now: Instant) -> bool {
+        now >= self.deadline || self.reply.as_ref().is_some_and(|r| r.is_closed())
+    }
+
+    fn answer(self, outcome: Outcome) {
+        if let Some(reply) = self.reply {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// Identifies a worker connection for its lifetime.
+pub type WorkerId = u64;
+
+struct Slot {
+    id: WorkerId,
+    tx: mpsc::UnboundedSender<Job>,
+    /// Jobs handed over and not yet answered (or, for oneway, written).
+    inflight: usize,
+    /// Cleared when the worker announced STOP.
+    accepting: bool,
+}
+
+struct Core {
+    workers: Vec<Slot>,
+    queue: VecDeque<Job>,
+    /// Rotation point: round-robin position, and the tie-breaker that
+    /// spreads equal loads across workers in least-loaded mode.
+    next: usize,
+    next_id: WorkerId,
+}
+
+/// A snapshot for tests, logs and the status page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Workers taking new requests.
+    pub workers: usize,
+    /// Requests in flight, summed over workers.
+    pub inflight: usize,
+    pub queued: usize,
+}
+
+pub struct Dispatcher {
+    core: Mutex<Core>,
+    mode: Dispatch,
+    /// Most requests in flight per worker.
+    per_worker: usize,
+    queue_size: usize,
+    /// Woken when the queue goes from empty to non-empty.
+    queue_wake: Notify,
+    /// Number of workers taking new requests.
+    accepting: watch::Sender<usize>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        mode: Dispatch,
+        pool_size: usize,
+        rr_limit: usize,
+        queue_size: usize,
+    ) -> Arc<Dispatcher> {
+        let per_worker = match mode {
+            Dispatch::LeastLoaded => pool_size.max(1),
+            Dispatch::RoundRobin => rr_limit.max(1),
+        };
+        Arc::new(Dispatcher {
+            core: Mutex::new(Core {
+                workers: Vec::new(),
+                queue: VecDeque::new(),
+                next: 0,
+                next_id: 1,
+            }),
+            mode,
+            per_worker,
+            queue_size,
+            queue_wake: Notify::new(),
+            accepting: watch::channel(0).0,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic elsewhere cannot leave the core half-updated in a way
+        // that matters more than stopping the LB would.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The number of workers taking new requests, as it changes.
+    pub fn accepting_workers(&self) -> watch::Receiver<usize> {
+        self.accepting.subscribe()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let core = self.lock();
+        Stats {
+            workers: core.workers.iter().filter(|w| w.accepting).count(),
+            inflight: core.workers.iter().map(|w| w.inflight).sum(),
+            queued: core.queue.len(),
+        }
+    }
+
+    /// Sends the job to a worker, queues it, or answers it at once.
+    pub fn submit(&self, job: Job) {
+        let mut core = self.lock();
+        // FIFO: while others wait, a newcomer waits behind them.
+        let job = if core.queue.is_empty() {
+            match self.pick(&mut core) {
+                Some(i) => {
+                    self.hand_over(&mut core, i, job);
+                    return;
+                }
+                None => job,
+            }
+        } else {
+            job
+        };
+        if core.queue.len() >= self.queue_size {
+            let waiting = core.queue.len();
+            drop(core);
+            job.answer(Outcome::Rejected(format!(
+                "LB queue full: {waiting} requests already wait for a free worker slot"
+            )));
+            return;
+        }
+        let was_empty = core.queue.is_empty();
+        core.queue.push_back(job);
+        drop(core);
+        if was_empty {
+            self.queue_wake.notify_one();
+        }
+    }
+
+    /// Index of the worker the next request should go to, if any can take it.
+    fn pick(&self, core: &mut Core) -> Option<usize> {
+        let n = core.workers.len();
+        if n == 0 {
+            return None;
+        }
+        let start = core.next % n;
+        let mut best: Option<usize> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let w = &core.workers[i];
+            if !w.accepting || w.inflight >= self.per_worker {
+                continue;
+            }
+            match self.mode {
+                Dispatch::RoundRobin => {
+                    best = Some(i);
+                    break;
+                }
+                Dispatch::LeastLoaded => {
+                    let better = match best {
+                        None => true,
+                        Some(b) => w.inflight < core.workers[b].inflight,
+                    };
+                    if better {
+                        best = Some(i);
+                        if w.inflight == 0 {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(i) = best {
+            core.next = i + 1;
+        }
+        best
+    }
+
+    fn hand_over(&self, core: &mut Core, i: usize, job: Job) {
+        let w = &mut core.workers[i];
+        w.inflight += 1;
+        if let Err(mpsc::error::SendError(job)) = w.tx.send(job) {
+            // The worker task is gone and about to deregister; keep the job
+            // for the others.
+            w.inflight -= 1;
+            w.accepting = false;
+            core.queue.push_front(job);
+        }
+    }
+
+    /// Moves queued jobs to free slots; stale ones are answered instead.
+    fn pump(&self, core: &mut Core, expired: &mut Vec<Job>) {
+        let now = Instant::now();
+        while let Some(front) = core.queue.front() {
+            if front.is_stale(now) {
+                expired.extend(core.queue.pop_front());
+                continue;
+            }
+            let Some(i) = self.pick(core) else { break };
+            let job = core.queue.pop_front().expect("front exists");
+            self.hand_over(core, i, job);
+        }
+    }
+
+    fn finish(expired: Vec<Job>) {
+        for job in expired {
+            job.answer(Outcome::Expired);
+        }
+    }
+
+    fn publish(&self, core: &Core) {
+        let n = core.workers.iter().filter(|w| w.accepting).count();
+        self.accepting
+            .send_if_modified(|v| std::mem::replace(v, n) != n);
+    }
+
+    /// A worker connected: it starts taking jobs (queued ones first).
+    pub fn add_worker(&self, tx: mpsc::UnboundedSender<Job>) -> WorkerId {
+        let mut expired = Vec::new();
+        let id = {
+            let mut core = self.lock();
+            let id = core.next_id;
+            core.next_id += 1;
+            core.workers.push(Slot {
+                id,
+                tx,
+                inflight: 0,
+                accepting: true,
+            });
+            self.publish(&core);
+            self.pump(&mut core, &mut expired);
+            id
+        };
+        Self::finish(expired);
+        id
+    }
+
+    /// `n` of the worker's jobs are done (answered, written oneway, or
+    /// dropped unsent); their slots go to whatever waits.
+    pub fn release(&self, id: WorkerId, n: usize) {
+        let mut expired = Vec::new();
+        {
+            let mut core = self.lock();
+            if let Some(w) = core.workers.iter_mut().find(|w| w.id == id) {
+                w.inflight = w.inflight.saturating_sub(n);
+            }
+            if !core.queue.is_empty() {
+                self.pump(&mut core, &mut expired);
+            }
+        }
+        Self::finish(expired);
+    }
+
+    /// The worker announced STOP: no new jobs for it. The caller then
+    /// drains its channel and hands the unsent jobs to [`Self::requeue`].
+    pub fn stop_worker(&self, id: WorkerId) {
+        let mut core = self.lock();
+        if let Some(w) = core.workers.iter_mut().find(|w| w.id == id) {
+            w.accepting = false;
+        }
+        self.publish(&core);
+    }
+
+    /// The worker is gone: it gets nothing more. Its unsent jobs follow
+    /// through [`Self::requeue`]; its written ones the caller fails.
+    pub fn remove_worker(&self, id: WorkerId) {
+        let mut core = self.lock();
+        core.workers.retain(|w| w.id != id);
+        self.publish(&core);
+    }
+
+    /// Jobs a worker took but never wrote go back to the head of the queue
+    /// (they were admitted before anything waiting now) and on to others.
+    pub fn requeue(&self, id: WorkerId, unsent: Vec<Job>) {
+        if unsent.is_empty() {
+            return;
+        }
+        let mut expired = Vec::new();
+        {
+            let mut core = self.lock();
+            if let Some(w) = core.workers.iter_mut().find(|w| w.id == id) {
+                w.inflight = w.inflight.saturating_sub(unsent.len());
+            }
+            for job in unsent.into_iter().rev() {
+                core.queue.push_front(job);
+            }
+            self.pump(&mut core, &mut expired);
+            if !core.queue.is_empty() {
+                // Requeued jobs may carry the earliest deadlines.
+                self.queue_wake.notify_one();
+            }
+        }
+        Self::finish(expired);
+    }
+
+    /// Answers queued jobs whose deadline passed, so a full queue of
+    /// abandoned requests never turns newcomers away. Runs until dropped.
+    pub async fn sweep_expired(self: Arc<Self>) {
+        loop {
+            let mut expired = Vec::new();
+            let next = {
+                let mut core = self.lock();
+                let now = Instant::now();
+                while core.queue.front().is_some_and(|j| j.is_stale(now)) {
+                    expired.extend(core.queue.pop_front());
+                }
+                core.queue.front().map(|j| j.deadline)
+            };
+            Self::finish(expired);
+            match next {
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => {}
+                        _ = self.queue_wake.notified() => {}
+                    }
+                }
+                None => self.queue_wake.notified().await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rpc_codec::{encode_message, MessageType};
+    use std::time::Duration;
+
+    fn job(tag: i32, timeout: Duration) -> (Job, oneshot::Receiver<Outcome>) {
+        let msg = Message::parse(encode_message(MessageType::Call, b"m", tag, b"")).unwrap();
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            msg,
+            reply: Some(tx),
+            deadline: Instant::now() + timeout,
+        };
+        (job, rx)
+    }
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<Job>) -> Vec<i32> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|j| j.msg.seqid())
+            .collect()
+    }
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn least_loaded_fills_evenly_then_queues_fifo_then_rejects() {
+        let d = Dispatcher::new(Dispatch::LeastLoaded, 2, 100, 2);
+        let (ta, mut a) = mpsc::unbounded_channel();
+        let (tb, mut b) = mpsc::unbounded_channel();
+        let ia = d.add_worker(ta);
+        let ib = d.add_worker(tb);
+        let mut keep = Vec::new();
+        for i in 0..7 {
+            let (j, rx) = job(i, LONG);
+            d.submit(j);
+            keep.push(rx);
+        }
+        let (got_a, got_b) = (drain(&mut a), drain(&mut b));
+        // Spread: one each before anyone gets a second, two at most.
+        assert_eq!((got_a, got_b), (vec![0, 2], vec![1, 3]));
+        assert_eq!(d.stats().queued, 2);
+        // The 7th found the queue full.
+        assert!(matches!(keep[6].try_recv(), Ok(Outcome::Rejected(_))));
+        // A freed slot takes the oldest waiting job.
+        d.release(ib, 1);
+        assert_eq!(drain(&mut b), vec![4]);
+        d.release(ia, 1);
+        assert_eq!(drain(&mut a), vec![5]);
+        assert_eq!(d.stats().queued, 0);
+    }
+
+    #[tokio::test]
+    async fn stale_queued_jobs_are_answered_not_sent() {
+        let d = Dispatcher::new(Dispatch::LeastLoaded, 1, 100, 10);
+        let (ta, mut a) = mpsc::unbounded_channel();
+        let ia = d.add_worker(ta);
+        let (j0, _r0) = job(0, LONG);
+        let (j1, mut r1) = job(1, Duration::from_millis(1));
+        let (j2, r2) = job(2, LONG);
+        let (j3, _r3) = job(3, LONG);
+        d.submit(j0);
+        d.submit(j1);
+        d.submit(j2);
+        d.submit(j3);
+        drop(r2); // caller gone
+        assert_eq!(drain(&mut a), vec![0]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        d.release(ia, 1);
+        assert_eq!(drain(&mut a), vec![3]);
+        assert!(matches!(r1.try_recv(), Ok(Outcome::Expired)));
+    }
+
+    #[tokio::test]
+    async fn sweeper_expires_queued_jobs_on_time() {
+        let d = Dispatcher::new(Dispatch::LeastLoaded, 1, 100, 10);
+        let sweeper = tokio::spawn(d.clone().sweep_expired());
+        let (j, rx) = job(1, Duration::from_millis(50));
+        d.submit(j); // no worker: queued
+        assert_eq!(d.stats().queued, 1);
+        let got = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        assert!(matches!(got, Ok(Ok(Outcome::Expired))));
+        assert_eq!(d.stats().queued, 0);
+        sweeper.abort();
+    }
+
+    #[tokio::test]
+    async fn stopped_or_removed_worker_gets_nothing_and_its_unsent_jobs_move_on() {
+        let d = Dispatcher::new(Dispatch::LeastLoaded, 4, 100, 10);
+        let mut count = d.accepting_workers();
+        let (ta, mut a) = mpsc::unbounded_channel();
+        let (tb, mut b) = mpsc::unbounded_channel();
+        let ia = d.add_worker(ta);
+        assert_eq!(*count.borrow_and_update(), 1);
+        let (j, _r) = job(1, LONG);
+        d.submit(j);
+        let (j, _r2) = job(2, LONG);
+        d.submit(j);
+        assert_eq!(d.stats().inflight, 2);
+        d.stop_worker(ia);
+        assert_eq!(*count.borrow_and_update(), 0);
+        // Its channel still holds both; they go back to the queue head.
+        let unsent: Vec<Job> = std::iter::from_fn(|| a.try_recv().ok()).collect();
+        d.requeue(ia, unsent);
+        assert_eq!(d.stats().queued, 2);
+        let ib = d.add_worker(tb);
+        assert_eq!(drain(&mut b), vec![1, 2]);
+        d.remove_worker(ia);
+        d.remove_worker(ib);
+        assert_eq!(*count.borrow_and_update(), 0);
+        let (j, _r3) = job(3, LONG);
+        d.submit(j);
+        assert_eq!(d.stats().queued, 1, "no worker: waits for one");
+    }
+
+    #[tokio::test]
+    async fn round_robin_rotates_regardless_of_load() {
+        let d = Dispatcher::new(Dispatch::RoundRobin, 1, 3, 10);
+        let (ta, mut a) = mpsc::unbounded_channel();
+        let (tb, mut b) = mpsc::unbounded_channel();
+        d.add_worker(ta);
+        d.add_worker(tb);
+        let mut keep = Vec::new();
+        for i in 0..8 {
+            let (j, rx) = job(i, LONG);
+            d.submit(j);
+            keep.push(rx);
+        }
+        // Capped only by the hard per-worker limit (3), not the pool size.
+        assert_eq!(drain(&mut a), vec![0, 2, 4]);
+        assert_eq!(drain(&mut b), vec![1, 3, 5]);
+        assert_eq!(d.stats().queued, 2);
+    }
+}

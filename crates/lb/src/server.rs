@@ -1,0 +1,228 @@
+//! The two listeners, registration, and graceful stop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rpc_config::Config;
+use rpc_registry::{Endpoint, Registry};
+use rpc_transport::{Address, Listener, Stream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::dispatch::{Dispatcher, Stats};
+use crate::frontend::{self, Activity, FrontSettings};
+use crate::register::{self, RegisterSettings};
+use crate::worker::{self, WorkerSettings};
+
+/// A running LB.
+pub struct LbHandle {
+    front: Address,
+    back: Address,
+    dispatcher: Arc<Dispatcher>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl LbHandle {
+    /// Where proxies connect (port 0 resolved); also what is registered.
+    pub fn front_address(&self) -> &Address {
+        &self.front
+    }
+
+    /// Where workers dial in (port 0 resolved).
+    pub fn back_address(&self) -> &Address {
+        &self.back
+    }
+
+    /// Workers taking requests, requests in flight and queued, right now.
+    pub fn stats(&self) -> Stats {
+        self.dispatcher.stats()
+    }
+
+    /// Graceful stop (SPEC §5): leave the registry, serve until no request
+    /// has arrived for `quiet_period`, let every request in flight finish,
+    /// then close every connection. Bounded by `stop_timeout`.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds the frontend (`front_sock` or `front_host:front_port`) and
+/// `back_address`, accepts proxies and workers, and registers under
+/// `service` once a worker is connected.
+pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Result<LbHandle> {
+    let (service, front_addr, back_addr) = validate(config)?;
+    let front = Listener::bind(&front_addr)
+        .await
+        .with_context(|| format!("cannot listen for proxies on {front_addr}"))?;
+    let back = Listener::bind(&back_addr)
+        .await
+        .with_context(|| format!("cannot listen for workers on {back_addr}"))?;
+    let (front_addr, back_addr) = (front.local_address(), back.local_address());
+    tracing::info!(%service, frontend = %front_addr, backend = %back_addr, dispatch = ?config.dispatch, "LB listening");
+
+    let dispatcher = Dispatcher::new(
+        config.dispatch,
+        config.worker_pool_size,
+        config.backend_max_inflight,
+        config.queue_size,
+    );
+    let front_settings = Arc::new(FrontSettings {
+        service: service.as_str().into(),
+        max_frame: config.max_frame_size,
+        max_inflight: config.max_inflight,
+        rpc_timeout: config.rpc_timeout,
+    });
+    let worker_settings = Arc::new(WorkerSettings {
+        max_frame: config.max_frame_size,
+        heartbeat_interval: config.heartbeat_interval,
+        heartbeat_timeout: config.heartbeat_timeout,
+    });
+    let reg_settings = RegisterSettings {
+        endpoint: Endpoint::new(&service, &front_addr.to_string()),
+        register_delay: config.register_delay,
+        no_worker_grace: config.no_worker_grace,
+    };
+
+    let (stop, stop_rx) = watch::channel(false);
+    let (front_stop, front_stop_rx) = watch::channel(false);
+    let (back_stop, back_stop_rx) = watch::channel(false);
+    let activity = Arc::new(Activity::new());
+    let max_conns = config.max_connections;
+    let (quiet_period, stop_timeout) = (config.quiet_period, config.stop_timeout);
+
+    let sweeper = tokio::spawn(dispatcher.clone().sweep_expired());
+    let registration = tokio::spawn(register::run(
+        registry,
+        reg_settings,
+        dispatcher.accepting_workers(),
+        stop_rx.clone(),
+    ));
+    let front_permits = Arc::new(Semaphore::new(max_conns));
+    let back_permits = Arc::new(Semaphore::new(max_conns));
+    let front_loop = {
+        let (d, s, a, stop) = (
+            dispatcher.clone(),
+            front_settings,
+            activity.clone(),
+            front_stop_rx.clone(),
+        );
+        tokio::spawn(accept_loop(
+            front,
+            front_permits.clone(),
+            front_stop_rx,
+            move |stream| frontend::serve(stream, d.clone(), s.clone(), a.clone(), stop.clone()),
+        ))
+    };
+    let back_loop = {
+        let (d, s, stop) = (dispatcher.clone(), worker_settings, back_stop_rx.clone());
+        tokio::spawn(accept_loop(
+            back,
+            back_permits.clone(),
+            back_stop_rx,
+            move |stream| worker::serve(stream, d.clone(), s.clone(), stop.clone()),
+        ))
+    };
+
+    let mut stop_wait = stop_rx;
+    let d = dispatcher.clone();
+    let task = tokio::spawn(async move {
+        let _ = crate::until(&mut stop_wait, |s| *s).await;
+        let give_up = Instant::now() + stop_timeout;
+        // 1. Out of the registry, so proxies stop choosing this LB.
+        let _ = registration.await;
+        // 2. Keep serving until requests stop arriving.
+        loop {
+            let idle = activity.idle();
+            if idle >= quiet_period || Instant::now() >= give_up {
+                break;
+            }
+            tokio::time::sleep_until((Instant::now() + (quiet_period - idle)).min(give_up)).await;
+        }
+        // 3. Stop reading from proxies; let every request read be answered.
+        let _ = front_stop.send(true);
+        let _ = front_loop.await;
+        if tokio::time::timeout_at(give_up, front_permits.acquire_many(max_conns as u32))
+            .await
+            .is_err()
+        {
+            tracing::warn!(stats = ?d.stats(), "stop timeout reached with requests in flight");
+        }
+        // 4. Close the workers (they redial whoever listens next).
+        let _ = back_stop.send(true);
+        let _ = back_loop.await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            back_permits.acquire_many(max_conns as u32),
+        )
+        .await;
+        sweeper.abort();
+        tracing::info!("LB stopped");
+    });
+    Ok(LbHandle {
+        front: front_addr,
+        back: back_addr,
+        dispatcher,
+        stop,
+        task,
+    })
+}
+
+/// What the LB needs from a configuration: its service name, frontend
+/// address and worker address, or an error naming the missing key.
+pub fn validate(config: &Config) -> anyhow::Result<(String, Address, Address)> {
+    let service = config
+        .service
+        .clone()
+        .context("`service` is not set: the LB registers under it")?;
+    let front = config
+        .front_address()
+        .context("no frontend address (front_sock, or front_host/ip_prefix and front_port)")?;
+    let back = config
+        .back_address
+        .clone()
+        .context("`back_address` is not set: workers dial it")?;
+    Ok((service, front, back))
+}
+
+/// Accepts until `stop`, one permit of `permits` per open connection.
+async fn accept_loop<F, Fut>(
+    listener: Listener,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+    serve: F,
+) where
+    F: Fn(Stream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        // At the connection limit, stop accepting: the kernel backlog holds
+        // newcomers until a slot frees.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = crate::until(&mut stop, |s| *s) => return,
+        };
+        let stream = tokio::select! {
+            s = listener.accept() => s,
+            _ = crate::until(&mut stop, |s| *s) => return,
+        };
+        match stream {
+            Ok(stream) => {
+                let conn = serve(stream);
+                tokio::spawn(async move {
+                    conn.await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Typically out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

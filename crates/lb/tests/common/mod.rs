@@ -1,0 +1,333 @@
+//! Real sockets on loopback: a raw framed client, a worker written from
+//! SPEC §5 alone, and an in-memory registry.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::{SinkExt, StreamExt};
+use rpc_codec::{encode_message, FrameCodec, Message, MessageType};
+use rpc_config::Config;
+use rpc_registry::{Endpoint, Registration, Registry, RegistryError, ServiceMap};
+use rpc_transport::{Address, Stream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::codec::Framed;
+
+/// Upper bound for any single expected event.
+pub const STEP: Duration = Duration::from_secs(5);
+
+// === Client (stands in for a proxy) ===
+
+pub struct Client {
+    io: Framed<Stream, FrameCodec>,
+}
+
+impl Client {
+    pub async fn connect(addr: &Address) -> Client {
+        Client {
+            io: Framed::new(
+                Stream::connect(addr).await.expect("connect"),
+                FrameCodec::default(),
+            ),
+        }
+    }
+
+    pub async fn send(&mut self, kind: MessageType, name: &str, seqid: i32, body: &[u8]) {
+        self.io
+            .send(encode_message(kind, name.as_bytes(), seqid, body).freeze())
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, raw: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.io.get_mut().write_all(raw).await.unwrap();
+    }
+
+    /// Next message, or `None` once the LB closed the connection.
+    pub async fn recv(&mut self) -> Option<Message> {
+        let frame = tokio::time::timeout(STEP, self.io.next())
+            .await
+            .expect("reply in time")?;
+        Some(Message::parse(frame.ok()?).expect("well-formed reply"))
+    }
+
+    pub async fn call(&mut self, name: &str, seqid: i32, body: &[u8]) -> Message {
+        self.send(MessageType::Call, name, seqid, body).await;
+        self.recv().await.expect("connection open")
+    }
+
+    /// Receives `n` replies (in whatever order) keyed by seqid.
+    pub async fn recv_n(&mut self, n: usize) -> BTreeMap<i32, Message> {
+        let mut out = BTreeMap::new();
+        for _ in 0..n {
+            let m = self.recv().await.expect("connection open");
+            assert!(out.insert(m.seqid(), m).is_none(), "duplicate seqid");
+        }
+        out
+    }
+}
+
+pub fn exception_text(m: &Message) -> (i32, String) {
+    assert_eq!(m.kind(), MessageType::Exception, "expected an exception");
+    let e = rpc_codec::read_application_exception(m.body()).unwrap();
+    (e.kind, e.message)
+}
+
+// === Worker, from SPEC §5 ===
+
+/// What a worker saw and did, for assertions.
+pub struct WorkerState {
+    /// Calls received.
+    pub calls: AtomicUsize,
+    /// Calls received and not yet answered.
+    pub inflight: AtomicUsize,
+    /// Highest `inflight` ever seen.
+    pub max_inflight: AtomicUsize,
+    pub heartbeats: AtomicUsize,
+    /// Bodies of the calls received, in arrival order.
+    pub bodies: Mutex<Vec<Vec<u8>>>,
+    pub oneways: Mutex<Vec<Vec<u8>>>,
+    /// When set the worker stops echoing heartbeats (a stalled process).
+    pub silent: AtomicBool,
+    pub stop_confirmed: AtomicBool,
+    /// `block` calls wait for a permit here.
+    pub gate: Semaphore,
+    /// The LB closed the connection.
+    pub closed: AtomicBool,
+}
+
+/// A worker process as SPEC §5 describes it: dials the LB, keeps one
+/// connection, serves up to `pool_size` calls at once (more wait for a
+/// pool slot), echoes heartbeats, answers each call with its seqid.
+///
+/// Methods: `echo` answers the body, `tag` the worker's tag, `slow` the
+/// body after 100 ms, `block` the body once the test opens the gate;
+/// anything else gets an UNKNOWN_METHOD exception.
+pub struct TestWorker {
+    pub tag: String,
+    pub state: Arc<WorkerState>,
+    out: mpsc::UnboundedSender<BytesMut>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TestWorker {
+    pub async fn connect(lb_back: &Address, tag: &str, pool_size: usize) -> TestWorker {
+        let stream = Stream::connect(lb_back).await.expect("worker dials the LB");
+        let (r, w) = stream.into_split();
+        let state = Arc::new(WorkerState {
+            calls: AtomicUsize::new(0),
+            inflight: AtomicUsize::new(0),
+            max_inflight: AtomicUsize::new(0),
+            heartbeats: AtomicUsize::new(0),
+            bodies: Mutex::new(Vec::new()),
+            oneways: Mutex::new(Vec::new()),
+            silent: AtomicBool::new(false),
+            stop_confirmed: AtomicBool::new(false),
+            gate: Semaphore::new(0),
+            closed: AtomicBool::new(false),
+        });
+        let (out, mut out_rx) = mpsc::unbounded_channel::<BytesMut>();
+        let writer = tokio::spawn(async move {
+            let mut w = rpc_transport::FrameWriter::new(w);
+            while let Some(f) = out_rx.recv().await {
+                w.push(f.freeze());
+                while let Ok(f) = out_rx.try_recv() {
+                    w.push(f.freeze());
+                }
+                if w.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
+        let pool = Arc::new(Semaphore::new(pool_size));
+        let (st, tx, t) = (state.clone(), out.clone(), tag.to_string());
+        let reader = tokio::spawn(async move {
+            let mut reader = tokio_util::codec::FramedRead::new(r, FrameCodec::default());
+            let mut calls = Vec::new();
+            while let Some(Ok(frame)) = reader.next().await {
+                let msg = Message::parse(frame).expect("the LB sends valid messages");
+                match msg.kind() {
+                    MessageType::Heartbeat => {
+                        st.heartbeats.fetch_add(1, Ordering::SeqCst);
+                        if !st.silent.load(Ordering::SeqCst) {
+                            let _ = tx.send(msg.into_inner());
+                        }
+                    }
+                    MessageType::StopConfirm => st.stop_confirmed.store(true, Ordering::SeqCst),
+                    MessageType::Oneway => st.oneways.lock().unwrap().push(msg.body().to_vec()),
+                    MessageType::Call => {
+                        st.calls.fetch_add(1, Ordering::SeqCst);
+                        let now = st.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+                        st.max_inflight.fetch_max(now, Ordering::SeqCst);
+                        st.bodies.lock().unwrap().push(msg.body().to_vec());
+                        let (st, tx, tag, pool) = (st.clone(), tx.clone(), t.clone(), pool.clone());
+                        calls.push(tokio::spawn(async move {
+                            let _slot = pool.acquire().await.unwrap();
+                            let reply = answer(&msg, &tag, &st).await;
+                            st.inflight.fetch_sub(1, Ordering::SeqCst);
+                            let _ = tx.send(reply);
+                        }));
+                    }
+                    other => panic!("worker got unexpected {other:?}"),
+                }
+            }
+            st.closed.store(true, Ordering::SeqCst);
+            for c in calls {
+                c.abort();
+            }
+        });
+        TestWorker {
+            tag: tag.into(),
+            state,
+            out,
+            tasks: vec![reader, writer],
+        }
+    }
+
+    /// Graceful stop, step one: tell the LB (SPEC §5).
+    pub fn send_stop(&self) {
+        let _ = self.out.send(rpc_codec::stop());
+    }
+
+    /// Lets `n` blocked calls answer.
+    pub fn release(&self, n: usize) {
+        self.state.gate.add_permits(n);
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.state.inflight.load(Ordering::SeqCst)
+    }
+
+    pub fn calls(&self) -> usize {
+        self.state.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn saw_body(&self, body: &[u8]) -> bool {
+        self.state.bodies.lock().unwrap().iter().any(|b| b == body)
+    }
+
+    /// The process dies: socket closed, nothing answered.
+    pub fn kill(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn answer(msg: &Message, tag: &str, st: &WorkerState) -> BytesMut {
+    let reply = |body: &[u8]| encode_message(MessageType::Reply, msg.name(), msg.seqid(), body);
+    match msg.name() {
+        b"echo" => reply(msg.body()),
+        b"tag" => reply(tag.as_bytes()),
+        b"slow" => {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            reply(msg.body())
+        }
+        b"block" => {
+            st.gate.acquire().await.unwrap().forget();
+            reply(msg.body())
+        }
+        _ => rpc_codec::application_exception(
+            msg.name(),
+            msg.seqid(),
+            rpc_codec::ExceptionKind::UnknownMethod,
+            "no such method",
+        ),
+    }
+}
+
+// === Registry ===
+
+/// In-memory registry: what the LB registers is visible to a proxy
+/// watching the same instance.
+#[derive(Clone)]
+pub struct MemRegistry {
+    map: Arc<watch::Sender<Arc<ServiceMap>>>,
+}
+
+impl MemRegistry {
+    pub fn new() -> MemRegistry {
+        MemRegistry {
+            map: Arc::new(watch::channel(Arc::new(BTreeMap::new())).0),
+        }
+    }
+
+    pub fn endpoints(&self, service: &str) -> Vec<Endpoint> {
+        self.map.borrow().get(service).cloned().unwrap_or_default()
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for MemRegistry {
+    async fn register(&self, endpoint: Endpoint) -> Result<Registration, RegistryError> {
+        let map = self.map.clone();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel();
+        map.send_modify(|m| {
+            let v = Arc::make_mut(m)
+                .entry(endpoint.service.clone())
+                .or_default();
+            v.retain(|e| e.service_id != endpoint.service_id);
+            v.push(endpoint.clone());
+        });
+        let task = tokio::spawn(async move {
+            let _ = stop_rx.await;
+            map.send_modify(|m| {
+                if let Some(v) = Arc::make_mut(m).get_mut(&endpoint.service) {
+                    v.retain(|e| e.service_id != endpoint.service_id);
+                }
+            });
+        });
+        Ok(Registration::new(stop, task))
+    }
+
+    async fn watch(&self) -> Result<watch::Receiver<Arc<ServiceMap>>, RegistryError> {
+        Ok(self.map.subscribe())
+    }
+}
+
+// === LB ===
+
+/// An LB config on loopback ports chosen by the kernel; `extra` holds
+/// config.ini lines that override the defaults.
+pub fn lb_config(extra: &str) -> Config {
+    let mut c = Config::parse(&format!(
+        "service=echo\nfront_host=127.0.0.1\nfront_port=0\nback_address=127.0.0.1:0\n\
+         register_delay=0\nquiet_period=0\n{extra}"
+    ))
+    .unwrap();
+    c.stop_timeout = STEP;
+    c
+}
+
+pub async fn start_lb(extra: &str) -> (rpc_lb::LbHandle, MemRegistry) {
+    let reg = MemRegistry::new();
+    let lb = rpc_lb::start(&lb_config(extra), Arc::new(reg.clone()))
+        .await
+        .expect("LB starts");
+    (lb, reg)
+}
+
+/// Connects workers one by one, each counted by the LB before the next.
+pub async fn workers(lb: &rpc_lb::LbHandle, tags: &[&str], pool_size: usize) -> Vec<TestWorker> {
+    let mut out = Vec::new();
+    for (i, tag) in tags.iter().enumerate() {
+        out.push(TestWorker::connect(lb.back_address(), tag, pool_size).await);
+        eventually("worker counted", || lb.stats().workers == i + 1).await;
+    }
+    out
+}
+
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
