@@ -271,7 +271,11 @@ async fn serve(
                         job = rx.try_recv().ok();
                     }
                 }
-                if let Err(e) = writer.flush().await {
+            }
+            // Writing races reading: replies keep being read while the
+            // endpoint is slow to take requests.
+            written = writer.write_some(), if !writer.is_empty() => {
+                if let Err(e) = written {
                     let cause = format!("write to {} failed: {e}", b.address);
                     fail_all(b, &mut pending, &cause);
                     return End::Lost(cause);
@@ -322,11 +326,6 @@ async fn serve(
                     return End::Lost(cause);
                 }
                 writer.push(heartbeat(0).freeze());
-                if let Err(e) = writer.flush().await {
-                    let cause = format!("write to {} failed: {e}", b.address);
-                    fail_all(b, &mut pending, &cause);
-                    return End::Lost(cause);
-                }
             }
             _ = drain.changed(), if !draining => {
                 draining = true;

@@ -33,6 +33,10 @@ pub struct ClientSettings {
 
 type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
+/// Replies waiting for a client that does not read: beyond this, stop
+/// reading its requests.
+const WRITE_BUFFER_LIMIT: usize = 4 << 20;
+
 pub async fn serve(
     stream: Stream,
     routes: watch::Receiver<Arc<Routes>>,
@@ -49,7 +53,7 @@ pub async fn serve(
     let mut closing: Option<Option<Bytes>> = None;
 
     loop {
-        if closing.is_some() && pending.is_empty() {
+        if closing.is_some() && pending.is_empty() && writer.is_empty() {
             break;
         }
         tokio::select! {
@@ -64,12 +68,18 @@ pub async fn serve(
                         writer.push(frame);
                     }
                 }
-                if let Err(e) = writer.flush().await {
+            }
+            // Writing races reading, so a client that sends a long pipeline
+            // before reading cannot deadlock with us.
+            written = writer.write_some(), if !writer.is_empty() => {
+                if let Err(e) = written {
                     tracing::debug!(%peer, error = %e, "client write failed");
                     return;
                 }
             }
-            frame = reader.next(), if closing.is_none() && pending.len() < settings.max_inflight => {
+            frame = reader.next(), if closing.is_none()
+                && pending.len() < settings.max_inflight
+                && writer.queued_bytes() < WRITE_BUFFER_LIMIT => {
                 match frame {
                     None => closing = Some(None),
                     Some(Ok(frame)) => match Message::parse_or_peek(frame) {

@@ -382,3 +382,73 @@ async fn graceful_stop_answers_calls_in_flight() {
         "no longer accepting"
     );
 }
+
+/// An endpoint that answers inline (it stops reading while a reply is being
+/// written) and a client pipelining large requests: the proxy must keep
+/// reading replies while its writes wait, or both sides block for good.
+#[tokio::test]
+async fn large_pipeline_to_an_inline_endpoint_does_not_deadlock() {
+    use futures::{SinkExt, StreamExt};
+    use rpc_codec::{encode_message, FrameCodec, Message};
+    use rpc_transport::{Listener, Stream};
+    use tokio_util::codec::Framed;
+
+    let listener = Listener::bind(&"127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let address = listener.local_address();
+    tokio::spawn(async move {
+        while let Ok(stream) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut io = Framed::new(stream, FrameCodec::new(4 << 20));
+                while let Some(Ok(frame)) = io.next().await {
+                    let m = Message::parse(frame).unwrap();
+                    let reply = match m.kind() {
+                        MessageType::Heartbeat => m.into_inner(),
+                        _ => encode_message(MessageType::Reply, m.name(), m.seqid(), m.body()),
+                    };
+                    if io.send(reply.freeze()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let reg = MemRegistry::new();
+    reg.set(
+        "echo",
+        vec![rpc_registry::Endpoint::new("echo", &address.to_string())],
+    );
+    let (_proxy, addr) = start_proxy(&test_config(""), Arc::new(reg)).await;
+
+    const N: i32 = 48;
+    let body = vec![7u8; 512 << 10];
+    let (mut tx, mut rx) = Framed::new(
+        Stream::connect(&addr).await.unwrap(),
+        FrameCodec::new(4 << 20),
+    )
+    .split();
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            let m = encode_message(MessageType::Call, b"echo:echo", i, &body);
+            tx.send(m.freeze()).await.unwrap();
+        }
+        tx
+    });
+    let received = tokio::time::timeout(STEP * 4, async {
+        let mut n = 0;
+        while n < N {
+            let m = Message::parse(rx.next().await.unwrap().unwrap()).unwrap();
+            assert_eq!(
+                (m.kind(), m.seqid(), m.body().len()),
+                (MessageType::Reply, n, 512 << 10)
+            );
+            n += 1;
+        }
+        n
+    })
+    .await
+    .expect("every reply arrives");
+    assert_eq!(received, N);
+    drop(sender.await.unwrap());
+}

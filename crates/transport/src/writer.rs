@@ -40,21 +40,34 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Writes everything queued.
     pub async fn flush(&mut self) -> io::Result<()> {
         while !self.queue.is_empty() {
-            let n = {
-                let mut iov = [IoSlice::new(&[]); MAX_IOV];
-                let mut cnt = 0;
-                for (slot, b) in iov.iter_mut().zip(self.queue.iter()) {
-                    *slot = IoSlice::new(b);
-                    cnt += 1;
-                }
-                self.io.write_vectored(&iov[..cnt]).await?
-            };
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            self.consume(n);
+            self.write_some().await?;
         }
         self.io.flush().await
+    }
+
+    /// One vectored write of as much of the queue as the socket takes.
+    /// Cancel-safe (nothing is lost if the future is dropped before it
+    /// completes), so a connection task can race it against reading and
+    /// never stop reading while its peer is slow to read (two pipelining
+    /// peers blocked on each other's full buffers would deadlock).
+    pub async fn write_some(&mut self) -> io::Result<()> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        let n = {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut cnt = 0;
+            for (slot, b) in iov.iter_mut().zip(self.queue.iter()) {
+                *slot = IoSlice::new(b);
+                cnt += 1;
+            }
+            self.io.write_vectored(&iov[..cnt]).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.consume(n);
+        Ok(())
     }
 
     fn consume(&mut self, mut n: usize) {
@@ -94,7 +107,7 @@ mod tests {
         let out = w.into_inner();
         let mut expect = Vec::new();
         for i in 0..200u8 {
-            expect.extend(std::iter::repeat(i).take((i as usize % 7) + 1));
+            expect.extend(std::iter::repeat_n(i, (i as usize % 7) + 1));
         }
         assert_eq!(out, expect);
     }
