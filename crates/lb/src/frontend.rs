@@ -68,6 +68,10 @@ impl Default for Activity {
 
 type Pending = Pin<Box<dyn Future<Output = Bytes> + Send>>;
 
+/// Replies waiting for a proxy that does not read: beyond this, stop
+/// reading its requests.
+const WRITE_BUFFER_LIMIT: usize = 4 << 20;
+
 pub async fn serve(
     stream: Stream,
     dispatcher: Arc<Dispatcher>,
@@ -85,7 +89,7 @@ pub async fn serve(
     let mut closing: Option<Option<Bytes>> = None;
 
     loop {
-        if closing.is_some() && pending.is_empty() {
+        if closing.is_some() && pending.is_empty() && writer.is_empty() {
             break;
         }
         tokio::select! {
@@ -95,25 +99,24 @@ pub async fn serve(
                 while let Some(Some(frame)) = pending.next().now_or_never() {
                     writer.push(frame);
                 }
-                if let Err(e) = writer.flush().await {
+            }
+            // Writing races reading, as in the proxy.
+            written = writer.write_some(), if !writer.is_empty() => {
+                if let Err(e) = written {
                     tracing::debug!(%peer, error = %e, "frontend write failed");
                     return;
                 }
             }
-            frame = reader.next(), if closing.is_none() && pending.len() < settings.max_inflight => {
+            frame = reader.next(), if closing.is_none()
+                && pending.len() < settings.max_inflight
+                && writer.queued_bytes() < WRITE_BUFFER_LIMIT => {
                 match frame {
                     None => closing = Some(None),
                     Some(Ok(frame)) => match Message::parse_or_peek(frame) {
                         Ok(msg) => {
                             if let Some(now) = request(msg, &dispatcher, &settings, &activity) {
                                 match now {
-                                    Immediate::Frame(f) => {
-                                        writer.push(f);
-                                        if let Err(e) = writer.flush().await {
-                                            tracing::debug!(%peer, error = %e, "frontend write failed");
-                                            return;
-                                        }
-                                    }
+                                    Immediate::Frame(f) => writer.push(f),
                                     Immediate::Later(p) => pending.push(p),
                                 }
                             }

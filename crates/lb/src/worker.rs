@@ -138,9 +138,6 @@ async fn run(
                     // Everything already handed over goes out in one write.
                     job = rx.try_recv().ok();
                 }
-                if let Err(e) = writer.flush().await {
-                    return End::Lost(format!("write failed: {e}"));
-                }
                 if released > 0 {
                     dispatcher.release(id, released);
                 }
@@ -181,9 +178,6 @@ async fn run(
                         tracing::info!(worker = id, inflight = pending.len(), requeued = unsent.len(), "worker stopping");
                         dispatcher.requeue(id, unsent);
                         writer.push(stop_confirm().freeze());
-                        if let Err(e) = writer.flush().await {
-                            return End::Lost(format!("write failed: {e}"));
-                        }
                     }
                     other => tracing::debug!(worker = id, ?other, "unexpected message from worker ignored"),
                 }
@@ -193,7 +187,11 @@ async fn run(
                     return End::Lost(format!("no heartbeat echo for {:?}", last_heard.elapsed()));
                 }
                 writer.push(heartbeat(0).freeze());
-                if let Err(e) = writer.flush().await {
+            }
+            // Writing races reading: replies keep being read while the
+            // worker is slow to take requests (no deadlock on full buffers).
+            written = writer.write_some(), if !writer.is_empty() => {
+                if let Err(e) = written {
                     return End::Lost(format!("write failed: {e}"));
                 }
             }
