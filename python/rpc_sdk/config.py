@@ -136,6 +136,7 @@ class Config:
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 6.0
     drain_timeout: float = 5.0
+    frame_timeout: float = 30.0
     quiet_period: float = 5.0
     stop_timeout: float = 30.0
     dispatch: str = "least_loaded"
@@ -332,6 +333,7 @@ _SETTERS = {
     "heartbeat_interval_ms": ("heartbeat_interval", _millis),
     "heartbeat_timeout_ms": ("heartbeat_timeout", _millis),
     "drain_timeout": ("drain_timeout", _seconds),
+    "frame_timeout": ("frame_timeout", _seconds),
     "quiet_period": ("quiet_period", _seconds),
     "stop_timeout": ("stop_timeout", _seconds),
     "dispatch": ("dispatch", _dispatch),

@@ -28,6 +28,8 @@ pub enum FrameError {
     Negative(i32),
     #[error("empty frame")]
     Empty,
+    #[error("frame incomplete after {0:?}")]
+    Incomplete(std::time::Duration),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -144,6 +144,9 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// How long a removed endpoint may finish in-flight requests.
     pub drain_timeout: Duration,
+    /// Longest time a started frame may take to arrive in full; a client
+    /// that trickles bytes (or stops mid-frame) is closed after it.
+    pub frame_timeout: Duration,
     /// Graceful stop: serve until no request arrived for this long.
     pub quiet_period: Duration,
     /// Upper bound on the whole graceful stop.
@@ -191,6 +194,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(6),
             drain_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(30),
             quiet_period: Duration::from_secs(5),
             stop_timeout: Duration::from_secs(30),
             dispatch: Dispatch::LeastLoaded,
@@ -335,6 +339,7 @@ impl Config {
             "heartbeat_interval_ms" => self.heartbeat_interval = millis(k, v)?,
             "heartbeat_timeout_ms" => self.heartbeat_timeout = millis(k, v)?,
             "drain_timeout" => self.drain_timeout = seconds(k, v)?,
+            "frame_timeout" => self.frame_timeout = seconds(k, v)?,
             "quiet_period" => self.quiet_period = seconds(k, v)?,
             "stop_timeout" => self.stop_timeout = seconds(k, v)?,
             "dispatch" => self.dispatch = parse(k, v)?,

@@ -29,6 +29,7 @@ pub struct FrontSettings {
     pub max_frame: usize,
     pub max_inflight: usize,
     pub rpc_timeout: Duration,
+    pub frame_timeout: Duration,
 }
 
 /// When the last request arrived, for the quiet period of a graceful stop.
@@ -81,7 +82,8 @@ pub async fn serve(
 ) {
     let peer = stream.peer();
     let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, FrameCodec::new(settings.max_frame));
+    let mut reader = FrameReader::new(r, FrameCodec::new(settings.max_frame))
+        .with_frame_timeout(settings.frame_timeout);
     let mut writer = FrameWriter::new(w);
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
     // Set when reading must stop: the final frame to send once the replies
@@ -91,6 +93,12 @@ pub async fn serve(
     loop {
         if closing.is_some() && pending.is_empty() && writer.is_empty() {
             break;
+        }
+        let reading = closing.is_none()
+            && pending.len() < settings.max_inflight
+            && writer.queued_bytes() < WRITE_BUFFER_LIMIT;
+        if !reading {
+            reader.reset_frame_clock();
         }
         tokio::select! {
             biased;
@@ -107,9 +115,7 @@ pub async fn serve(
                     return;
                 }
             }
-            frame = reader.next(), if closing.is_none()
-                && pending.len() < settings.max_inflight
-                && writer.queued_bytes() < WRITE_BUFFER_LIMIT => {
+            frame = reader.next(), if reading => {
                 match frame {
                     None => closing = Some(None),
                     Some(Ok(frame)) => match Message::parse_or_peek(frame) {

@@ -76,6 +76,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         max_frame: config.max_frame_size,
         max_inflight: config.max_inflight,
         rpc_timeout: config.rpc_timeout,
+        frame_timeout: config.frame_timeout,
     });
     let worker_settings = Arc::new(WorkerSettings {
         max_frame: config.max_frame_size,

@@ -29,6 +29,7 @@ pub struct ClientSettings {
     pub max_frame: usize,
     pub max_inflight: usize,
     pub rpc_timeout: Duration,
+    pub frame_timeout: Duration,
 }
 
 type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;
@@ -45,7 +46,8 @@ pub async fn serve(
 ) {
     let peer = stream.peer();
     let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, FrameCodec::new(settings.max_frame));
+    let mut reader = FrameReader::new(r, FrameCodec::new(settings.max_frame))
+        .with_frame_timeout(settings.frame_timeout);
     let mut writer = FrameWriter::new(w);
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     // Set when reading must stop: the final frame to send after the
@@ -55,6 +57,12 @@ pub async fn serve(
     loop {
         if closing.is_some() && pending.is_empty() && writer.is_empty() {
             break;
+        }
+        let reading = closing.is_none()
+            && pending.len() < settings.max_inflight
+            && writer.queued_bytes() < WRITE_BUFFER_LIMIT;
+        if !reading {
+            reader.reset_frame_clock();
         }
         tokio::select! {
             biased;
@@ -77,9 +85,7 @@ pub async fn serve(
                     return;
                 }
             }
-            frame = reader.next(), if closing.is_none()
-                && pending.len() < settings.max_inflight
-                && writer.queued_bytes() < WRITE_BUFFER_LIMIT => {
+            frame = reader.next(), if reading => {
                 match frame {
                     None => closing = Some(None),
                     Some(Ok(frame)) => match Message::parse_or_peek(frame) {

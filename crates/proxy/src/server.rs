@@ -70,6 +70,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         max_frame: config.max_frame_size,
         max_inflight: config.max_inflight,
         rpc_timeout: config.rpc_timeout,
+        frame_timeout: config.frame_timeout,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let max_conns = config.max_connections;

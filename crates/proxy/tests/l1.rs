@@ -452,3 +452,41 @@ async fn large_pipeline_to_an_inline_endpoint_does_not_deadlock() {
     assert_eq!(received, N);
     drop(sender.await.unwrap());
 }
+
+/// Half a header and then silence, or a frame trickled a byte at a time:
+/// closed once `frame_timeout` passes, while idle connections stay open.
+#[tokio::test]
+async fn incomplete_frame_is_closed_after_frame_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ep = TestEndpoint::start("a").await;
+    let (_proxy, addr, _reg) = proxy_with(&[&ep], "frame_timeout=0.5").await;
+    let mut idle = Client::connect(&addr).await;
+    let mut half = Client::connect(&addr).await;
+    half.send_raw(&[0, 0, 0, 40, 0x80, 1]).await;
+    let r = half.recv().await.expect("an error reply before closing");
+    let (kind, text) = exception_text(&r);
+    assert_eq!(kind, ExceptionKind::ProtocolError as i32);
+    assert!(text.contains("incomplete"), "{text}");
+    assert!(half.recv().await.is_none());
+
+    // One byte every 50 ms of a 90-byte frame: cut off after 0.5 s.
+    let mut trickle = rpc_transport::Stream::connect(&addr).await.unwrap();
+    let frame = rpc_codec::encode_message(MessageType::Call, b"echo:echo", 3, &[0; 64]);
+    let started = tokio::time::Instant::now();
+    for b in frame.iter() {
+        if trickle.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(STEP, trickle.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the proxy closed the trickling connection");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert!(started.elapsed() < Duration::from_millis(50 * frame.len() as u64));
+
+    assert_eq!(
+        idle.call("echo:echo", 1, b"still here").await.body(),
+        b"still here"
+    );
+}

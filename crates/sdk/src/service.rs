@@ -65,6 +65,7 @@ impl Service {
         let settings = ConnSettings {
             max_frame: config.max_frame_size,
             max_inflight: config.max_inflight,
+            frame_timeout: config.frame_timeout,
         };
         let accept = tokio::spawn(accept_loop(
             listener,
@@ -184,6 +185,7 @@ impl ServiceHandle {
 struct ConnSettings {
     max_frame: usize,
     max_inflight: usize,
+    frame_timeout: std::time::Duration,
 }
 
 async fn accept_loop(
@@ -234,13 +236,22 @@ async fn serve_conn(
 ) {
     let peer = stream.peer();
     let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, FrameCodec::new(settings.max_frame));
+    let mut reader = FrameReader::new(r, FrameCodec::new(settings.max_frame))
+        .with_frame_timeout(settings.frame_timeout);
     let (tx, writer) = spawn_writer(w);
     let limit = Arc::new(Semaphore::new(settings.max_inflight));
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.expect("never closed"),
-            _ = stopped(&mut shutdown) => break,
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let p = tokio::select! {
+                    p = limit.clone().acquire_owned() => p.expect("never closed"),
+                    _ = stopped(&mut shutdown) => break,
+                };
+                // The pause was ours (backpressure), not the peer's.
+                reader.reset_frame_clock();
+                p
+            }
         };
         let frame = tokio::select! {
             f = reader.next() => f,

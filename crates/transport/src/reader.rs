@@ -1,7 +1,9 @@
 use std::io;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use rpc_codec::{FrameCodec, FrameError};
+use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 use crate::stream::ReadHalf;
@@ -20,6 +22,10 @@ pub struct FrameReader {
     io: ReadHalf,
     buf: BytesMut,
     codec: FrameCodec,
+    /// How long a started frame may take to arrive in full.
+    frame_timeout: Option<Duration>,
+    /// Since when we have been waiting for the rest of a buffered frame.
+    partial_since: Option<Instant>,
 }
 
 impl FrameReader {
@@ -28,6 +34,37 @@ impl FrameReader {
             io,
             buf: BytesMut::new(),
             codec,
+            frame_timeout: None,
+            partial_since: None,
+        }
+    }
+
+    /// Fails a frame still incomplete this long after we started waiting
+    /// for its rest (a peer trickling bytes or stalled mid-frame). Idle
+    /// connections with nothing buffered are not affected.
+    pub fn with_frame_timeout(mut self, timeout: Duration) -> Self {
+        self.frame_timeout = Some(timeout);
+        self
+    }
+
+    /// Restarts the frame clock: for owners that stopped reading on
+    /// purpose (backpressure), so the pause is not held against the peer.
+    pub fn reset_frame_clock(&mut self) {
+        self.partial_since = None;
+    }
+
+    /// Waits for the socket, bounded by the frame timeout while a frame is
+    /// partly buffered.
+    async fn wait_readable(&mut self) -> Result<(), FrameError> {
+        match self.frame_timeout {
+            Some(limit) => {
+                let since = *self.partial_since.get_or_insert_with(Instant::now);
+                match tokio::time::timeout_at(since + limit, self.io.readable()).await {
+                    Ok(r) => r.map_err(Into::into),
+                    Err(_) => Err(FrameError::Incomplete(limit)),
+                }
+            }
+            None => self.io.readable().await.map_err(Into::into),
         }
     }
 
@@ -41,7 +78,10 @@ impl FrameReader {
     pub async fn next(&mut self) -> Option<Result<BytesMut, FrameError>> {
         loop {
             match self.codec.decode(&mut self.buf) {
-                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(Some(frame)) => {
+                    self.partial_since = None;
+                    return Some(Ok(frame));
+                }
                 Ok(None) => {}
                 Err(e) => return Some(Err(e)),
             }
@@ -69,8 +109,8 @@ impl FrameReader {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !self.buf.is_empty() {
-                        if let Err(e) = self.io.readable().await {
-                            return Some(Err(e.into()));
+                        if let Err(e) = self.wait_readable().await {
+                            return Some(Err(e));
                         }
                     }
                 }
