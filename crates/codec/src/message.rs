@@ -103,7 +103,11 @@ impl Message {
     /// Parses the strict binary header of a decoded frame (prefix included).
     pub fn parse(buf: BytesMut) -> Result<Self, ProtocolError> {
         let (kind, name_len) = Self::check(&buf)?;
-        Ok(Self { buf, kind, name_len })
+        Ok(Self {
+            buf,
+            kind,
+            name_len,
+        })
     }
 
     fn check(buf: &[u8]) -> Result<(MessageType, usize), ProtocolError> {
@@ -136,7 +140,11 @@ impl Message {
     pub fn parse_or_peek(buf: BytesMut) -> Result<Self, (ProtocolError, Option<Header>)> {
         let peek = |buf: &BytesMut| buf.get(LEN_PREFIX..).and_then(Header::peek);
         match Self::check(&buf) {
-            Ok((kind, name_len)) => Ok(Self { buf, kind, name_len }),
+            Ok((kind, name_len)) => Ok(Self {
+                buf,
+                kind,
+                name_len,
+            }),
             Err(e) => Err((e, peek(&buf))),
         }
     }
