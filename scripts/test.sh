@@ -40,7 +40,10 @@ fi
 py_rc=0
 if [ -d python/tests ]; then
     echo "==> Python tests"
-    RPC_BIN_DIR="$PWD/target/debug" python3 -m pytest -q python/tests 2>&1 | tee "$log/py.txt" || py_rc=$?
+    target_dir=$(cargo metadata --format-version 1 --no-deps |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    RPC_BIN_DIR="$target_dir/debug" RPC_TESTS_STRICT=1 \
+        python3 -m pytest -q python/tests 2>&1 | tee "$log/py.txt" || py_rc=$?
     [ "$py_rc" = 5 ] && py_rc=0 # no tests collected is not a failure of the code
 fi
 
@@ -57,12 +60,12 @@ if grep -q "tests run:" "$log/rust.txt"; then
     rust_pass=$(sed -n 's/.* \([0-9]\+\) passed.*/\1/p' <<<"$line")
     rust_fail=$(sed -n 's/.* \([0-9]\+\) failed.*/\1/p' <<<"$line")
 else
-    rust_pass=$(grep -o '[0-9]\+ passed' "$log/rust.txt" | awk '{s+=$1} END {print s+0}')
-    rust_fail=$(grep -o '[0-9]\+ failed' "$log/rust.txt" | awk '{s+=$1} END {print s+0}')
+    rust_pass=$({ grep -o '[0-9]\+ passed' "$log/rust.txt" || true; } | awk '{s+=$1} END {print s+0}')
+    rust_fail=$({ grep -o '[0-9]\+ failed' "$log/rust.txt" || true; } | awk '{s+=$1} END {print s+0}')
 fi
 if [ -f "$log/py.txt" ]; then
-    py_pass=$(tail -1 "$log/py.txt" | grep -o '[0-9]\+ passed' | awk '{s+=$1} END {print s+0}')
-    py_fail=$(tail -1 "$log/py.txt" | grep -o '[0-9]\+ \(failed\|error\)' | awk '{s+=$1} END {print s+0}')
+    py_pass=$(tail -1 "$log/py.txt" | { grep -o '[0-9]\+ passed' || true; } | awk '{s+=$1} END {print s+0}')
+    py_fail=$(tail -1 "$log/py.txt" | { grep -o '[0-9]\+ \(failed\|error\)' || true; } | awk '{s+=$1} END {print s+0}')
 fi
 passed=$(( ${rust_pass:-0} + ${py_pass:-0} ))
 failed=$(( ${rust_fail:-0} + ${py_fail:-0} ))

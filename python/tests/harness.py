@@ -139,11 +139,19 @@ def bin_dir() -> Optional[str]:
     return os.path.abspath(guess) if os.path.isdir(guess) else None
 
 
+# Set by the README's test command: a missing binary, compiler or ZooKeeper
+# is then a failure, not a skip, so nothing passes by being left out.
+STRICT = os.environ.get("RPC_TESTS_STRICT") == "1"
+
+
 def require_bin(name: str) -> str:
     d = bin_dir()
     path = os.path.join(d, name) if d else None
     if not path or not os.access(path, os.X_OK):
-        pytest.skip(f"binary {name} not built (set RPC_BIN_DIR to target/debug)")
+        why = f"binary {name} not built (set RPC_BIN_DIR to target/debug)"
+        if STRICT:
+            pytest.fail(why)
+        pytest.skip(why)
     return path
 
 
