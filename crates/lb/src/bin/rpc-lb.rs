@@ -3,6 +3,9 @@
 use clap::Parser;
 use rpc_config::{CommonArgs, Config};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "rpc-lb",
