@@ -50,7 +50,8 @@ fi
 bench_rc=0
 if [ -x bench/run ]; then
     echo "==> benchmark smoke run"
-    bench/run --quick 2>&1 | tee "$log/bench.txt" || bench_rc=$?
+    # Debug binaries are already built: a correctness smoke run, no timings.
+    bench/run --quick --debug --out "$log/bench" 2>&1 | tee "$log/bench.txt" || bench_rc=$?
 fi
 
 # One closing line over both runners.

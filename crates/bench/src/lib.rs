@@ -1,1 +1,51 @@
-//! (in progress)
+//! Benchmark tools that speak only the SPEC wire protocol:
+//!
+//! - [`load`]: the load generator behind `rpc-bench` (closed and open
+//!   loop, every reply checked, HdrHistogram latencies);
+//! - [`server`]: the benchmark service behind `rpc-bench-server` (`echo`,
+//!   `sleep`, `fail`), as a listening endpoint or as a worker dialling an
+//!   `rpc-lb`;
+//! - [`wire`]: the calls and replies both sides exchange;
+//! - [`report`]: counters, percentiles and the JSON report.
+
+pub mod load;
+pub mod report;
+pub mod server;
+pub mod wire;
+
+/// Raises the soft open-files limit to the hard limit (idle-connection
+/// scenarios need thousands of descriptors); returns the new soft limit.
+pub fn raise_nofile_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return want.rlim_cur;
+            }
+        }
+        lim.rlim_cur
+    }
+}
+
+/// A Tokio runtime with `threads` workers: 1 is a single-threaded runtime,
+/// 0 one worker per core.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 1 {
+        b.worker_threads(threads);
+    }
+    b.enable_all().build()
+}
