@@ -2,11 +2,11 @@
 //!
 //! A single task owns the socket, the seqid space and the table of
 //! requests in flight; clients hand it [`Job`]s through a bounded channel
-//! and get an [`Outcome`] back on a oneshot. The task also heartbeats the
+//! and get an [`Outcome`] back on their connection's reply channel
+//! ([`ReplyTo`]). The task also heartbeats the
 //! endpoint, declares the connection dead when the echo stops, and
 //! reconnects with capped backoff for as long as the endpoint is wanted.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use rpc_codec::{heartbeat, FrameCodec, Message, MessageType};
 use rpc_transport::{Address, FrameWriter, Stream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::codec::FramedRead;
 
@@ -32,7 +32,23 @@ pub enum Outcome {
 pub struct Job {
     pub msg: Message,
     /// `None` for oneway calls.
-    pub reply: Option<oneshot::Sender<Outcome>>,
+    pub reply: Option<ReplyTo>,
+}
+
+/// Where the outcome of one request goes: the reply channel of the client
+/// connection it came from, tagged with the request's slot there. One
+/// channel per client connection (instead of a oneshot per request) means
+/// no allocation per request and one wake-up per batch of replies.
+pub struct ReplyTo {
+    pub tx: mpsc::UnboundedSender<(u64, Outcome)>,
+    pub slot: u64,
+}
+
+impl ReplyTo {
+    /// Delivers the outcome; a client connection that is gone drops it.
+    pub fn send(self, outcome: Outcome) {
+        let _ = self.tx.send((self.slot, outcome));
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,8 +152,10 @@ impl Backend {
 }
 
 struct Pending {
-    reply: oneshot::Sender<Outcome>,
+    reply: ReplyTo,
 }
+
+type PendingMap = std::collections::HashMap<i32, Pending, crate::fasthash::SeqIdHash>;
 
 async fn run(
     b: Arc<Backend>,
@@ -208,7 +226,7 @@ enum End {
 fn bounce(b: &Backend, job: Job) {
     b.done();
     if let Some(reply) = job.reply {
-        let _ = reply.send(Outcome::NotSent(job.msg));
+        reply.send(Outcome::NotSent(job.msg));
     }
 }
 
@@ -218,10 +236,10 @@ fn reject_queued(b: &Backend, rx: &mut mpsc::Receiver<Job>) {
     }
 }
 
-fn fail_all(b: &Backend, pending: &mut HashMap<i32, Pending>, cause: &str) {
+fn fail_all(b: &Backend, pending: &mut PendingMap, cause: &str) {
     for (_, p) in pending.drain() {
         b.done();
-        let _ = p.reply.send(Outcome::Failed(cause.to_string()));
+        p.reply.send(Outcome::Failed(cause.to_string()));
     }
 }
 
@@ -235,7 +253,7 @@ async fn serve(
     let (r, w) = stream.into_split();
     let mut reader = FramedRead::new(r, FrameCodec::new(s.max_frame));
     let mut writer = FrameWriter::new(w);
-    let mut pending: HashMap<i32, Pending> = HashMap::new();
+    let mut pending = PendingMap::default();
     let mut next_seqid: i32 = 0;
     let mut last_echo = Instant::now();
     let mut ticker = tokio::time::interval(s.heartbeat_interval);
@@ -311,7 +329,7 @@ async fn serve(
                             Some(p) => {
                                 b.done();
                                 // The client may have given up (deadline): dropping is fine.
-                                let _ = p.reply.send(Outcome::Reply(msg));
+                                p.reply.send(Outcome::Reply(msg));
                             }
                             None => tracing::debug!(endpoint = %b.address, seqid = msg.seqid(), "reply to unknown seqid dropped"),
                         }

@@ -1,28 +1,30 @@
 //! One client (L1) connection: read requests, route each, and write the
 //! replies back in the order the requests arrived (SPEC §3).
 //!
-//! Each request becomes a future in a `FuturesOrdered`, so pipelined
-//! requests run concurrently while replies leave in arrival order. The
-//! number of unanswered requests is capped: at the cap the task simply
-//! stops reading, and TCP pushes back on the client.
+//! The task owns a queue of *slots*, one per request in arrival order.
+//! Requests are dispatched to backends synchronously as they are read;
+//! outcomes come back on this connection's single reply channel tagged with
+//! their slot, and finished slots at the head of the queue are written out.
+//! Deadlines need one timer per connection, not one per request: every
+//! request gets the same `rpc_timeout`, so the head of the queue always
+//! holds the earliest deadline. At `max_inflight` unanswered requests the
+//! task stops reading and TCP pushes back on the client.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::FuturesOrdered;
-use futures::{FutureExt, StreamExt};
 use rpc_codec::{
     application_exception, heartbeat_reply, ExceptionKind, FrameCodec, FrameError, Header, Message,
     MessageType,
 };
 use rpc_transport::{FrameReader, FrameWriter, Stream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::forward::{self, Answer};
+use crate::backend::{Job, Outcome, ReplyTo};
+use crate::forward::{self, errors, Refused, MAX_REROUTES};
 use crate::routes::Routes;
 
 pub struct ClientSettings {
@@ -32,11 +34,12 @@ pub struct ClientSettings {
     pub frame_timeout: Duration,
 }
 
-type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;
-
 /// Replies waiting for a client that does not read: beyond this, stop
 /// reading its requests.
 const WRITE_BUFFER_LIMIT: usize = 4 << 20;
+
+/// Pause before re-trying a service whose connections are all opening.
+const CONNECT_WAIT: Duration = Duration::from_millis(5);
 
 pub async fn serve(
     stream: Stream,
@@ -49,32 +52,48 @@ pub async fn serve(
     let mut reader = FrameReader::new(r, FrameCodec::new(settings.max_frame))
         .with_frame_timeout(settings.frame_timeout);
     let mut writer = FrameWriter::new(w);
-    let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let (reply_tx, mut replies) = mpsc::unbounded_channel();
+    let mut q = Slots::new(routes, reply_tx);
     // Set when reading must stop: the final frame to send after the
     // replies already owed (a protocol error), if any.
     let mut closing: Option<Option<Bytes>> = None;
 
+    let deadline_timer = tokio::time::sleep(settings.rpc_timeout);
+    tokio::pin!(deadline_timer);
+    let mut timer_at: Option<Instant> = None;
+    let retry_timer = tokio::time::sleep(CONNECT_WAIT);
+    tokio::pin!(retry_timer);
+    let mut retry_armed = false;
+
     loop {
-        if closing.is_some() && pending.is_empty() && writer.is_empty() {
+        q.pop_done(&mut writer);
+        if closing.is_some() && q.slots.is_empty() && writer.is_empty() {
             break;
         }
+        // The timer follows the head of the queue (the earliest deadline).
+        let head = q.slots.front().map(|s| s.deadline);
+        if head != timer_at {
+            if let Some(t) = head {
+                deadline_timer.as_mut().reset(t);
+            }
+            timer_at = head;
+        }
+        if q.connecting > 0 && !retry_armed {
+            retry_timer.as_mut().reset(Instant::now() + CONNECT_WAIT);
+            retry_armed = true;
+        }
         let reading = closing.is_none()
-            && pending.len() < settings.max_inflight
+            && q.slots.len() < settings.max_inflight
             && writer.queued_bytes() < WRITE_BUFFER_LIMIT;
         if !reading {
             reader.reset_frame_clock();
         }
         tokio::select! {
             biased;
-            Some(answer) = pending.next(), if !pending.is_empty() => {
-                if let Some(frame) = answer {
-                    writer.push(frame);
-                }
-                // Collect every other reply that is already done.
-                while let Some(Some(answer)) = pending.next().now_or_never() {
-                    if let Some(frame) = answer {
-                        writer.push(frame);
-                    }
+            Some((slot, outcome)) = replies.recv() => {
+                q.complete(slot, outcome);
+                while let Ok((slot, outcome)) = replies.try_recv() {
+                    q.complete(slot, outcome);
                 }
             }
             // Writing races reading, so a client that sends a long pipeline
@@ -85,15 +104,19 @@ pub async fn serve(
                     return;
                 }
             }
+            _ = &mut deadline_timer, if timer_at.is_some() => {
+                q.expire(Instant::now());
+                timer_at = None;
+            }
+            _ = &mut retry_timer, if retry_armed => {
+                retry_armed = false;
+                q.retry_connecting();
+            }
             frame = reader.next(), if reading => {
                 match frame {
                     None => closing = Some(None),
                     Some(Ok(frame)) => match Message::parse_or_peek(frame) {
-                        Ok(msg) => {
-                            if let Some(p) = request(msg, &routes, &settings) {
-                                pending.push_back(p);
-                            }
-                        }
+                        Ok(msg) => q.request(msg, Instant::now() + settings.rpc_timeout),
                         Err((e, header)) => {
                             tracing::warn!(%peer, error = %e, "bad message from client, closing");
                             closing = Some(Some(protocol_error(&e.to_string(), header)));
@@ -121,41 +144,268 @@ pub async fn serve(
     let _ = writer.flush().await;
 }
 
-/// Starts one request; `None` when nothing is to be answered.
-fn request(
-    mut msg: Message,
-    routes: &watch::Receiver<Arc<Routes>>,
-    settings: &ClientSettings,
-) -> Option<Pending> {
-    match msg.kind() {
-        MessageType::Call | MessageType::Oneway => {
-            let service = String::from_utf8_lossy(msg.service().unwrap_or_default()).into_owned();
-            msg.strip_service();
-            if msg.kind() == MessageType::Oneway {
-                forward::oneway(routes, &service, msg);
-                return None;
+/// One request, from arrival until its reply is written.
+struct Slot {
+    client_seqid: i32,
+    deadline: Instant,
+    reroutes: u8,
+    /// The name as the client sent it (`service:method`), for routing
+    /// again and for error replies.
+    name: Name,
+    state: State,
+}
+
+enum State {
+    /// With a backend; the outcome will arrive on the reply channel.
+    Waiting,
+    /// Every connection of the service is still being opened.
+    Connecting(Message),
+    /// The frame to write (`None`: nothing to answer).
+    Done(Option<Bytes>),
+}
+
+impl Slot {
+    fn service(&self) -> &str {
+        let n = self.name.as_bytes();
+        match n.iter().position(|&b| b == b':') {
+            Some(p) => std::str::from_utf8(&n[..p]).unwrap_or(""),
+            None => "",
+        }
+    }
+
+    fn method(&self) -> &[u8] {
+        let n = self.name.as_bytes();
+        match n.iter().position(|&b| b == b':') {
+            Some(p) => &n[p + 1..],
+            None => n,
+        }
+    }
+}
+
+/// The slots of one connection, oldest first. Slot `i` of the queue has
+/// the id `base + i`; ids travel with the job to the backend and back.
+struct Slots {
+    slots: VecDeque<Slot>,
+    base: u64,
+    /// How many slots are in [`State::Connecting`].
+    connecting: usize,
+    routes_rx: watch::Receiver<Arc<Routes>>,
+    routes: Arc<Routes>,
+    reply_tx: mpsc::UnboundedSender<(u64, Outcome)>,
+}
+
+impl Slots {
+    fn new(
+        mut routes_rx: watch::Receiver<Arc<Routes>>,
+        reply_tx: mpsc::UnboundedSender<(u64, Outcome)>,
+    ) -> Slots {
+        let routes = routes_rx.borrow_and_update().clone();
+        Slots {
+            slots: VecDeque::new(),
+            base: 0,
+            connecting: 0,
+            routes_rx,
+            routes,
+            reply_tx,
+        }
+    }
+
+    /// The latest routing table (an atomic version check when unchanged).
+    fn refresh_routes(&mut self) {
+        if self.routes_rx.has_changed().unwrap_or(false) {
+            self.routes = self.routes_rx.borrow_and_update().clone();
+        }
+    }
+
+    fn push(&mut self, slot: Slot) -> usize {
+        self.slots.push_back(slot);
+        self.slots.len() - 1
+    }
+
+    /// A new message from the client.
+    fn request(&mut self, mut msg: Message, deadline: Instant) {
+        let seqid = msg.seqid();
+        match msg.kind() {
+            MessageType::Call => {
+                let idx = self.push(Slot {
+                    client_seqid: seqid,
+                    deadline,
+                    reroutes: 0,
+                    name: Name::new(msg.name()),
+                    state: State::Waiting,
+                });
+                msg.strip_service();
+                self.route(idx, msg);
             }
-            let deadline = Instant::now() + settings.rpc_timeout;
-            Some(Box::pin(forward::call(
-                routes.clone(),
-                service,
-                msg,
-                deadline,
-            )))
+            MessageType::Oneway => {
+                self.refresh_routes();
+                let service = msg.service().unwrap_or_default();
+                let service = std::str::from_utf8(service).unwrap_or("").to_owned();
+                msg.strip_service();
+                forward::oneway(&self.routes, &service, msg);
+            }
+            MessageType::Heartbeat => {
+                let reply = heartbeat_reply(seqid).freeze();
+                self.push(done(deadline, seqid, reply));
+            }
+            other => {
+                let text = format!("unexpected message type {other:?} from a client");
+                let reply =
+                    application_exception(msg.method(), seqid, ExceptionKind::ProtocolError, &text);
+                self.push(done(deadline, seqid, reply.freeze()));
+            }
         }
-        MessageType::Heartbeat => {
-            let reply = heartbeat_reply(msg.seqid()).freeze();
-            Some(Box::pin(std::future::ready(Some(reply))))
+    }
+
+    /// Hands slot `idx`'s message to a backend, or settles the slot.
+    fn route(&mut self, idx: usize, msg: Message) {
+        self.refresh_routes();
+        let id = self.base + idx as u64;
+        let slot = &mut self.slots[idx];
+        let job = Job {
+            msg,
+            reply: Some(ReplyTo {
+                tx: self.reply_tx.clone(),
+                slot: id,
+            }),
+        };
+        let refused = match forward::dispatch(&self.routes, slot.service(), job) {
+            Ok(()) => {
+                slot.state = State::Waiting;
+                return;
+            }
+            Err(r) => r,
+        };
+        let (service, method, seqid) = (slot.service(), slot.method(), slot.client_seqid);
+        slot.state = match refused {
+            Refused::Connecting(job) => {
+                self.connecting += 1;
+                State::Connecting(job.msg)
+            }
+            Refused::Unknown => State::Done(Some(errors::unknown_service(service, method, seqid))),
+            Refused::NoEndpoint => State::Done(Some(errors::no_endpoint(service, method, seqid))),
+        };
+    }
+
+    /// An outcome from a backend.
+    fn complete(&mut self, id: u64, outcome: Outcome) {
+        let Some(idx) = id.checked_sub(self.base).map(|i| i as usize) else {
+            return; // answered already (timed out): drop the late reply
+        };
+        let Some(slot) = self.slots.get_mut(idx) else {
+            return;
+        };
+        if !matches!(slot.state, State::Waiting) {
+            return;
         }
-        other => {
-            let text = format!("unexpected message type {other:?} from a client");
-            let reply = application_exception(
-                msg.method(),
-                msg.seqid(),
-                ExceptionKind::ProtocolError,
-                &text,
-            );
-            Some(Box::pin(std::future::ready(Some(reply.freeze()))))
+        let outcome = match outcome {
+            Outcome::NotSent(msg) if slot.reroutes + 1 < MAX_REROUTES => {
+                // Never written: safe to send elsewhere.
+                slot.reroutes += 1;
+                return self.route(idx, msg);
+            }
+            other => other,
+        };
+        let (service, method, seqid) = (slot.service(), slot.method(), slot.client_seqid);
+        slot.state = State::Done(Some(match outcome {
+            Outcome::Reply(mut reply) => {
+                reply.set_seqid(seqid);
+                reply.into_bytes()
+            }
+            Outcome::Failed(cause) => errors::failed(service, method, seqid, &cause),
+            Outcome::NotSent(_) => {
+                let cause = "no endpoint could take the request";
+                errors::failed(service, method, seqid, cause)
+            }
+        }));
+    }
+
+    /// Settles every slot whose deadline has passed (they are at the head).
+    fn expire(&mut self, now: Instant) {
+        for slot in self.slots.iter_mut() {
+            if slot.deadline > now {
+                break;
+            }
+            let (service, method, seqid) = (slot.service(), slot.method(), slot.client_seqid);
+            let reply = match &slot.state {
+                State::Done(_) => continue,
+                State::Waiting => errors::timeout(service, method, seqid),
+                State::Connecting(_) => {
+                    self.connecting -= 1;
+                    errors::no_endpoint(service, method, seqid)
+                }
+            };
+            slot.state = State::Done(Some(reply));
+        }
+    }
+
+    /// Tries again the slots waiting for a connection to open.
+    fn retry_connecting(&mut self) {
+        for idx in 0..self.slots.len() {
+            if matches!(self.slots[idx].state, State::Connecting(_)) {
+                let State::Connecting(msg) =
+                    std::mem::replace(&mut self.slots[idx].state, State::Waiting)
+                else {
+                    unreachable!()
+                };
+                self.connecting -= 1;
+                self.route(idx, msg);
+            }
+        }
+    }
+
+    /// Moves finished slots at the head into the writer, in order.
+    fn pop_done<W: tokio::io::AsyncWrite + Unpin>(&mut self, writer: &mut FrameWriter<W>) {
+        while let Some(Slot {
+            state: State::Done(_),
+            ..
+        }) = self.slots.front()
+        {
+            let slot = self.slots.pop_front().expect("front exists");
+            self.base += 1;
+            if let State::Done(Some(frame)) = slot.state {
+                writer.push(frame);
+            }
+        }
+    }
+}
+
+fn done(deadline: Instant, seqid: i32, frame: Bytes) -> Slot {
+    Slot {
+        client_seqid: seqid,
+        deadline,
+        reroutes: 0,
+        name: Name::new(b""),
+        state: State::Done(Some(frame)),
+    }
+}
+
+/// A message name kept inline when short (almost always), so a request
+/// costs no allocation for it.
+enum Name {
+    Inline { len: u8, buf: [u8; 46] },
+    Heap(Box<[u8]>),
+}
+
+impl Name {
+    fn new(bytes: &[u8]) -> Name {
+        let mut buf = [0u8; 46];
+        match buf.get_mut(..bytes.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                Name::Inline {
+                    len: bytes.len() as u8,
+                    buf,
+                }
+            }
+            None => Name::Heap(bytes.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Name::Inline { len, buf } => &buf[..*len as usize],
+            Name::Heap(b) => b,
         }
     }
 }

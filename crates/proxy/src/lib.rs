@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod balance;
 pub mod client;
+mod fasthash;
 pub mod forward;
 pub mod routes;
 pub mod server;
