@@ -256,6 +256,7 @@ async fn serve(
     let mut pending = PendingMap::default();
     let mut next_seqid: i32 = 0;
     let mut last_echo = Instant::now();
+    let mut heard = false;
     let mut ticker = tokio::time::interval(s.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut draining = *drain.borrow();
@@ -322,9 +323,9 @@ async fn serve(
                     }
                 };
                 match msg.kind() {
-                    MessageType::Heartbeat => last_echo = Instant::now(),
+                    MessageType::Heartbeat => heard = true,
                     MessageType::Reply | MessageType::Exception => {
-                        last_echo = Instant::now();
+                        heard = true;
                         match pending.remove(&msg.seqid()) {
                             Some(p) => {
                                 b.done();
@@ -338,6 +339,11 @@ async fn serve(
                 }
             }
             _ = ticker.tick() => {
+                // Liveness is sampled once per tick (not a clock read per
+                // reply): anything heard since the last tick counts.
+                if std::mem::take(&mut heard) {
+                    last_echo = Instant::now();
+                }
                 if last_echo.elapsed() > s.heartbeat_timeout {
                     let cause = format!("no heartbeat echo from {} for {:?}", b.address, last_echo.elapsed());
                     fail_all(b, &mut pending, &cause);

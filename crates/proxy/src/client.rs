@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use rpc_codec::{
     application_exception, heartbeat_reply, ExceptionKind, FrameCodec, FrameError, Header, Message,
     MessageType,
@@ -113,25 +114,15 @@ pub async fn serve(
                 q.retry_connecting();
             }
             frame = reader.next(), if reading => {
-                match frame {
-                    None => closing = Some(None),
-                    Some(Ok(frame)) => match Message::parse_or_peek(frame) {
-                        Ok(msg) => q.request(msg, Instant::now() + settings.rpc_timeout),
-                        Err((e, header)) => {
-                            tracing::warn!(%peer, error = %e, "bad message from client, closing");
-                            closing = Some(Some(protocol_error(&e.to_string(), header)));
-                        }
-                    },
-                    Some(Err(e)) => {
-                        if let FrameError::Io(io) = &e {
-                            tracing::debug!(%peer, error = %io, "client read failed");
-                            closing = Some(None);
-                        } else {
-                            tracing::warn!(%peer, error = %e, "bad frame from client, closing");
-                            // The header of an oversized frame may already be buffered.
-                            let header = reader.buffered().get(4..).and_then(Header::peek);
-                            closing = Some(Some(protocol_error(&e.to_string(), header)));
-                        }
+                // Take every frame already here in one go: one clock read
+                // for the batch, and all of it dispatched before the
+                // backends' tasks run (so they write it in one batch too).
+                let deadline = Instant::now() + settings.rpc_timeout;
+                let mut frame = Some(frame);
+                while let Some(f) = frame.take() {
+                    closing = on_frame(f, &mut q, &reader, deadline, &peer);
+                    if closing.is_none() && q.slots.len() < settings.max_inflight {
+                        frame = reader.next().now_or_never();
                     }
                 }
             }
@@ -142,6 +133,41 @@ pub async fn serve(
         writer.push(frame);
     }
     let _ = writer.flush().await;
+}
+
+/// Handles what the reader produced; `Some` when the connection must close
+/// (with a last frame to send, if any).
+fn on_frame(
+    frame: Option<Result<bytes::BytesMut, FrameError>>,
+    q: &mut Slots,
+    reader: &FrameReader,
+    deadline: Instant,
+    peer: &str,
+) -> Option<Option<Bytes>> {
+    match frame {
+        None => Some(None),
+        Some(Ok(frame)) => match Message::parse_or_peek(frame) {
+            Ok(msg) => {
+                q.request(msg, deadline);
+                None
+            }
+            Err((e, header)) => {
+                tracing::warn!(%peer, error = %e, "bad message from client, closing");
+                Some(Some(protocol_error(&e.to_string(), header)))
+            }
+        },
+        Some(Err(e)) => {
+            if let FrameError::Io(io) = &e {
+                tracing::debug!(%peer, error = %io, "client read failed");
+                Some(None)
+            } else {
+                tracing::warn!(%peer, error = %e, "bad frame from client, closing");
+                // The header of an oversized frame may already be buffered.
+                let header = reader.buffered().get(4..).and_then(Header::peek);
+                Some(Some(protocol_error(&e.to_string(), header)))
+            }
+        }
+    }
 }
 
 /// One request, from arrival until its reply is written.
