@@ -7,11 +7,11 @@
 //! endpoint, declares the connection dead when the echo stops, and
 //! reconnects with capped backoff for as long as the endpoint is wanted.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rpc_codec::{heartbeat, FrameCodec, Message, MessageType};
 use rpc_transport::{Address, FrameWriter, Stream};
 use tokio::sync::{mpsc, watch};
@@ -80,6 +80,10 @@ pub struct Backend {
     state: AtomicU8,
     /// Requests handed over and not yet answered: the balancer's load signal.
     outstanding: AtomicUsize,
+    /// Recent reply latency in microseconds, peak-sensitive (jumps up at
+    /// once, decays slowly; halves every idle heartbeat tick so a shunned
+    /// endpoint is tried again): the balancer's speed signal.
+    latency_us: AtomicU64,
     drain: watch::Sender<bool>,
 }
 
@@ -95,6 +99,7 @@ impl Backend {
             tx,
             state: AtomicU8::new(State::Connecting as u8),
             outstanding: AtomicUsize::new(0),
+            latency_us: AtomicU64::new(0),
             drain,
         });
         tokio::spawn(run(backend.clone(), rx, drain_rx, settings));
@@ -121,6 +126,29 @@ impl Backend {
 
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Expected cost of one more request: the queue it joins times how
+    /// long requests have been taking. Lower is better.
+    pub fn cost(&self) -> u64 {
+        let latency = self.latency_us.load(Ordering::Relaxed).max(1);
+        (self.outstanding() as u64 + 1).saturating_mul(latency)
+    }
+
+    fn observe(&self, latency: Duration) {
+        let sample = latency.as_micros().min(u64::MAX as u128) as u64;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if sample >= old {
+            sample
+        } else {
+            old - (old - sample) / 8
+        };
+        self.latency_us.store(new, Ordering::Relaxed);
+    }
+
+    fn decay(&self) {
+        let old = self.latency_us.load(Ordering::Relaxed);
+        self.latency_us.store(old / 2, Ordering::Relaxed);
     }
 
     /// Hands a job over; gives it back if the connection cannot take it.
@@ -153,6 +181,8 @@ impl Backend {
 
 struct Pending {
     reply: ReplyTo,
+    /// When the batch carrying the request was handed to the socket.
+    sent: Instant,
 }
 
 type PendingMap = std::collections::HashMap<i32, Pending, crate::fasthash::SeqIdHash>;
@@ -236,6 +266,51 @@ fn reject_queued(b: &Backend, rx: &mut mpsc::Receiver<Job>) {
     }
 }
 
+/// What came from the endpoint since the last heartbeat tick.
+#[derive(Default)]
+struct Heard {
+    anything: bool,
+    replies: bool,
+}
+
+/// One frame from the endpoint; `Err` when the connection must go.
+fn on_reply(
+    b: &Backend,
+    frame: Option<Result<bytes::BytesMut, rpc_codec::FrameError>>,
+    pending: &mut PendingMap,
+    heard: &mut Heard,
+    now: Instant,
+) -> Result<(), String> {
+    let frame = match frame {
+        Some(Ok(f)) => f,
+        Some(Err(e)) => return Err(format!("bad frame from {}: {e}", b.address)),
+        None => return Err(format!("{} closed the connection", b.address)),
+    };
+    let msg = Message::parse(frame).map_err(|e| format!("bad message from {}: {e}", b.address))?;
+    match msg.kind() {
+        MessageType::Heartbeat => heard.anything = true,
+        MessageType::Reply | MessageType::Exception => {
+            heard.anything = true;
+            heard.replies = true;
+            match pending.remove(&msg.seqid()) {
+                Some(p) => {
+                    b.done();
+                    b.observe(now.saturating_duration_since(p.sent));
+                    // The client may have given up (deadline): dropping is fine.
+                    p.reply.send(Outcome::Reply(msg));
+                }
+                None => {
+                    tracing::debug!(endpoint = %b.address, seqid = msg.seqid(), "reply to unknown seqid dropped")
+                }
+            }
+        }
+        other => {
+            tracing::debug!(endpoint = %b.address, ?other, "unexpected message type from endpoint ignored")
+        }
+    }
+    Ok(())
+}
+
 fn fail_all(b: &Backend, pending: &mut PendingMap, cause: &str) {
     for (_, p) in pending.drain() {
         b.done();
@@ -256,7 +331,7 @@ async fn serve(
     let mut pending = PendingMap::default();
     let mut next_seqid: i32 = 0;
     let mut last_echo = Instant::now();
-    let mut heard = false;
+    let mut heard = Heard::default();
     let mut ticker = tokio::time::interval(s.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut draining = *drain.borrow();
@@ -270,6 +345,7 @@ async fn serve(
             job = rx.recv(), if !draining && pending.len() < s.max_inflight => {
                 let Some(job) = job else { return End::Drained };
                 let mut job = Some(job);
+                let sent = Instant::now();
                 // Take everything already queued: one write for the batch.
                 while let Some(Job { mut msg, reply }) = job.take() {
                     match reply {
@@ -281,7 +357,7 @@ async fn serve(
                                 }
                             }
                             msg.set_seqid(next_seqid);
-                            pending.insert(next_seqid, Pending { reply });
+                            pending.insert(next_seqid, Pending { reply, sent });
                         }
                         None => b.done(), // oneway: done once written
                     }
@@ -301,47 +377,31 @@ async fn serve(
                 }
             }
             frame = reader.next() => {
-                let frame = match frame {
-                    Some(Ok(f)) => f,
-                    Some(Err(e)) => {
-                        let cause = format!("bad frame from {}: {e}", b.address);
+                // Every reply already here in one go, with one clock read.
+                let now = Instant::now();
+                let mut frame = Some(frame);
+                while let Some(f) = frame.take() {
+                    if let Err(cause) = on_reply(b, f, &mut pending, &mut heard, now) {
                         fail_all(b, &mut pending, &cause);
                         return End::Lost(cause);
                     }
-                    None => {
-                        let cause = format!("{} closed the connection", b.address);
-                        fail_all(b, &mut pending, &cause);
-                        return End::Lost(cause);
-                    }
-                };
-                let msg = match Message::parse(frame) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let cause = format!("bad message from {}: {e}", b.address);
-                        fail_all(b, &mut pending, &cause);
-                        return End::Lost(cause);
-                    }
-                };
-                match msg.kind() {
-                    MessageType::Heartbeat => heard = true,
-                    MessageType::Reply | MessageType::Exception => {
-                        heard = true;
-                        match pending.remove(&msg.seqid()) {
-                            Some(p) => {
-                                b.done();
-                                // The client may have given up (deadline): dropping is fine.
-                                p.reply.send(Outcome::Reply(msg));
-                            }
-                            None => tracing::debug!(endpoint = %b.address, seqid = msg.seqid(), "reply to unknown seqid dropped"),
-                        }
-                    }
-                    other => tracing::debug!(endpoint = %b.address, ?other, "unexpected message type from endpoint ignored"),
+                    frame = reader.next().now_or_never();
                 }
             }
             _ = ticker.tick() => {
                 // Liveness is sampled once per tick (not a clock read per
                 // reply): anything heard since the last tick counts.
-                if std::mem::take(&mut heard) {
+                let since_tick = std::mem::take(&mut heard);
+                if !since_tick.replies {
+                    if pending.is_empty() {
+                        // Idle: let a shunned endpoint be tried again.
+                        b.decay();
+                    } else {
+                        // Requests waiting a whole tick: at least that slow.
+                        b.observe(s.heartbeat_interval);
+                    }
+                }
+                if since_tick.anything {
                     last_echo = Instant::now();
                 }
                 if last_echo.elapsed() > s.heartbeat_timeout {

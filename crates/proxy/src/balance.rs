@@ -23,9 +23,11 @@ impl Balancer {
 
     /// A live backend, or `None` if no connection of the service is up.
     ///
-    /// Least-outstanding uses two random choices: nearly as good as a full
-    /// scan at picking an idle endpoint, and it avoids every proxy herding
-    /// onto the same "least loaded" one.
+    /// Least-loaded uses two random choices and keeps the one with the
+    /// lower expected cost (outstanding requests × recent latency): nearly
+    /// as good as a full scan, it avoids every proxy herding onto the same
+    /// endpoint, and with one request at a time it still tells a slow
+    /// endpoint from a fast one.
     pub fn pick<'a>(&self, backends: &'a [Arc<Backend>]) -> Option<&'a Arc<Backend>> {
         let n = backends.len();
         match n {
@@ -47,11 +49,7 @@ impl Balancer {
                     }
                     let (a, b) = (&backends[i], &backends[j]);
                     let best = match (a.is_up(), b.is_up()) {
-                        (true, true) => Some(if b.outstanding() < a.outstanding() {
-                            b
-                        } else {
-                            a
-                        }),
+                        (true, true) => Some(if b.cost() < a.cost() { b } else { a }),
                         (true, false) => Some(a),
                         (false, true) => Some(b),
                         (false, false) => None,
@@ -61,7 +59,7 @@ impl Balancer {
                         backends
                             .iter()
                             .filter(|b| b.is_up())
-                            .min_by_key(|b| b.outstanding())
+                            .min_by_key(|b| b.cost())
                     })
                 }
             },

@@ -490,3 +490,86 @@ async fn incomplete_frame_is_closed_after_frame_timeout() {
         b"still here"
     );
 }
+
+/// One call at a time, one endpoint 20 ms slower than the other: the
+/// default balancer learns it and sends nearly everything to the fast one;
+/// round-robin splits evenly.
+#[tokio::test]
+async fn default_balancer_avoids_a_slow_endpoint_even_one_call_at_a_time() {
+    // "slow" answers `tag20` after 20 ms; "fast" answers `tag` at once. The
+    // balancer sees one service; each endpoint is told which method to
+    // treat as its own by a tiny relay in front of it.
+    let slow = TestEndpoint::start("slow").await;
+    let fast = TestEndpoint::start("fast").await;
+    let slow_front = rename_relay(&slow.address, b"tag", b"tag20").await;
+    let reg = MemRegistry::new();
+    reg.set(
+        "echo",
+        vec![
+            rpc_registry::Endpoint::new("echo", &slow_front.to_string()),
+            fast.endpoint("echo"),
+        ],
+    );
+    let (_proxy, addr) = start_proxy(&test_config(""), Arc::new(reg)).await;
+    let mut c = Client::connect(&addr).await;
+    let mut slow_calls = 0;
+    for i in 0..300 {
+        let r = c.call("echo:tag", i, b"").await;
+        assert_eq!(r.kind(), MessageType::Reply);
+        if r.body() == b"slow" {
+            slow_calls += 1;
+        }
+    }
+    assert!(
+        slow_calls <= 15,
+        "{slow_calls} of 300 calls went to the slow endpoint"
+    );
+}
+
+/// A relay that renames one method on its way to `target` (so the same test
+/// endpoint can be made slow for the calls the proxy sends it).
+async fn rename_relay(
+    target: &rpc_transport::Address,
+    from: &'static [u8],
+    to: &'static [u8],
+) -> rpc_transport::Address {
+    use futures::{SinkExt, StreamExt};
+    use rpc_codec::{encode_message, FrameCodec, Message};
+    use rpc_transport::{Listener, Stream};
+    use tokio_util::codec::Framed;
+
+    let listener = Listener::bind(&"127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let address = listener.local_address();
+    let target = target.clone();
+    tokio::spawn(async move {
+        while let Ok(inbound) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let outbound = Stream::connect(&target).await.unwrap();
+                let (mut in_tx, mut in_rx) = Framed::new(inbound, FrameCodec::default()).split();
+                let (mut out_tx, mut out_rx) = Framed::new(outbound, FrameCodec::default()).split();
+                let up = async move {
+                    while let Some(Ok(f)) = in_rx.next().await {
+                        let m = Message::parse(f).unwrap();
+                        let name = if m.name() == from { to } else { m.name() };
+                        let f = encode_message(m.kind(), name, m.seqid(), m.body());
+                        if out_tx.send(f.freeze()).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let down = async move {
+                    while let Some(Ok(f)) = out_rx.next().await {
+                        if in_tx.send(f.freeze()).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    address
+}
