@@ -81,8 +81,8 @@ pub struct Backend {
     /// Requests handed over and not yet answered: the balancer's load signal.
     outstanding: AtomicUsize,
     /// Recent reply latency in microseconds, peak-sensitive (jumps up at
-    /// once, decays slowly; halves every idle heartbeat tick so a shunned
-    /// endpoint is tried again): the balancer's speed signal.
+    /// once, decays slowly; halves every idle heartbeat tick), shown in
+    /// the metrics and the dashboard.
     latency_us: AtomicU64,
     drain: watch::Sender<bool>,
 }
@@ -128,11 +128,8 @@ impl Backend {
         self.outstanding.load(Ordering::Relaxed)
     }
 
-    /// Expected cost of one more request: the queue it joins times how
-    /// long requests have been taking. Lower is better.
-    pub fn cost(&self) -> u64 {
-        let latency = self.latency_us.load(Ordering::Relaxed).max(1);
-        (self.outstanding() as u64 + 1).saturating_mul(latency)
+    pub fn latency_us(&self) -> u64 {
+        self.latency_us.load(Ordering::Relaxed)
     }
 
     fn observe(&self, latency: Duration) {

@@ -23,11 +23,13 @@ impl Balancer {
 
     /// A live backend, or `None` if no connection of the service is up.
     ///
-    /// Least-loaded uses two random choices and keeps the one with the
-    /// lower expected cost (outstanding requests × recent latency): nearly
-    /// as good as a full scan, it avoids every proxy herding onto the same
-    /// endpoint, and with one request at a time it still tells a slow
-    /// endpoint from a fast one.
+    /// Least-outstanding uses two random choices: nearly as good as a full
+    /// scan at picking an idle endpoint, and it avoids every proxy herding
+    /// onto the same "least loaded" one. (Weighing in latency would also
+    /// tell a slow endpoint from a fast one when few calls are in flight,
+    /// but a single outlier sample then starves an endpoint until its
+    /// estimate decays; that needs time-based decay and exploration, not
+    /// done yet.)
     pub fn pick<'a>(&self, backends: &'a [Arc<Backend>]) -> Option<&'a Arc<Backend>> {
         let n = backends.len();
         match n {
@@ -49,7 +51,11 @@ impl Balancer {
                     }
                     let (a, b) = (&backends[i], &backends[j]);
                     let best = match (a.is_up(), b.is_up()) {
-                        (true, true) => Some(if b.cost() < a.cost() { b } else { a }),
+                        (true, true) => Some(if b.outstanding() < a.outstanding() {
+                            b
+                        } else {
+                            a
+                        }),
                         (true, false) => Some(a),
                         (false, true) => Some(b),
                         (false, false) => None,
@@ -59,7 +65,7 @@ impl Balancer {
                         backends
                             .iter()
                             .filter(|b| b.is_up())
-                            .min_by_key(|b| b.cost())
+                            .min_by_key(|b| b.outstanding())
                     })
                 }
             },

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::backend::{Job, Outcome, ReplyTo};
 use crate::forward::{self, errors, Refused, MAX_REROUTES};
+use crate::metrics::{ErrorKind, Metrics};
 use crate::routes::Routes;
 
 pub struct ClientSettings {
@@ -33,6 +34,7 @@ pub struct ClientSettings {
     pub max_inflight: usize,
     pub rpc_timeout: Duration,
     pub frame_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Replies waiting for a client that does not read: beyond this, stop
@@ -54,7 +56,7 @@ pub async fn serve(
         .with_frame_timeout(settings.frame_timeout);
     let mut writer = FrameWriter::new(w);
     let (reply_tx, mut replies) = mpsc::unbounded_channel();
-    let mut q = Slots::new(routes, reply_tx);
+    let mut q = Slots::new(routes, reply_tx, settings.metrics.clone());
     // Set when reading must stop: the final frame to send after the
     // replies already owed (a protocol error), if any.
     let mut closing: Option<Option<Bytes>> = None;
@@ -121,6 +123,9 @@ pub async fn serve(
                 let mut frame = Some(frame);
                 while let Some(f) = frame.take() {
                     closing = on_frame(f, &mut q, &reader, deadline, &peer);
+                    if matches!(closing, Some(Some(_))) {
+                        settings.metrics.error(ErrorKind::Protocol);
+                    }
                     if closing.is_none() && q.slots.len() < settings.max_inflight {
                         frame = reader.next().now_or_never();
                     }
@@ -218,12 +223,14 @@ struct Slots {
     routes_rx: watch::Receiver<Arc<Routes>>,
     routes: Arc<Routes>,
     reply_tx: mpsc::UnboundedSender<(u64, Outcome)>,
+    metrics: Arc<Metrics>,
 }
 
 impl Slots {
     fn new(
         mut routes_rx: watch::Receiver<Arc<Routes>>,
         reply_tx: mpsc::UnboundedSender<(u64, Outcome)>,
+        metrics: Arc<Metrics>,
     ) -> Slots {
         let routes = routes_rx.borrow_and_update().clone();
         Slots {
@@ -233,6 +240,7 @@ impl Slots {
             routes_rx,
             routes,
             reply_tx,
+            metrics,
         }
     }
 
@@ -261,7 +269,7 @@ impl Slots {
                     state: State::Waiting,
                 });
                 msg.strip_service();
-                self.route(idx, msg);
+                self.route(idx, msg, true);
             }
             MessageType::Oneway => {
                 self.refresh_routes();
@@ -276,6 +284,7 @@ impl Slots {
             }
             other => {
                 let text = format!("unexpected message type {other:?} from a client");
+                self.metrics.error(ErrorKind::Protocol);
                 let reply =
                     application_exception(msg.method(), seqid, ExceptionKind::ProtocolError, &text);
                 self.push(done(deadline, seqid, reply.freeze()));
@@ -284,7 +293,8 @@ impl Slots {
     }
 
     /// Hands slot `idx`'s message to a backend, or settles the slot.
-    fn route(&mut self, idx: usize, msg: Message) {
+    /// `first` is the request's first attempt (counted in the metrics).
+    fn route(&mut self, idx: usize, msg: Message, first: bool) {
         self.refresh_routes();
         let id = self.base + idx as u64;
         let slot = &mut self.slots[idx];
@@ -295,7 +305,7 @@ impl Slots {
                 slot: id,
             }),
         };
-        let refused = match forward::dispatch(&self.routes, slot.service(), job) {
+        let refused = match forward::dispatch(&self.routes, slot.service(), job, first) {
             Ok(()) => {
                 slot.state = State::Waiting;
                 return;
@@ -308,8 +318,14 @@ impl Slots {
                 self.connecting += 1;
                 State::Connecting(job.msg)
             }
-            Refused::Unknown => State::Done(Some(errors::unknown_service(service, method, seqid))),
-            Refused::NoEndpoint => State::Done(Some(errors::no_endpoint(service, method, seqid))),
+            Refused::Unknown => {
+                self.metrics.error(ErrorKind::UnknownService);
+                State::Done(Some(errors::unknown_service(service, method, seqid)))
+            }
+            Refused::NoEndpoint => {
+                self.metrics.error(ErrorKind::NoEndpoint);
+                State::Done(Some(errors::no_endpoint(service, method, seqid)))
+            }
         };
     }
 
@@ -328,7 +344,7 @@ impl Slots {
             Outcome::NotSent(msg) if slot.reroutes + 1 < MAX_REROUTES => {
                 // Never written: safe to send elsewhere.
                 slot.reroutes += 1;
-                return self.route(idx, msg);
+                return self.route(idx, msg, false);
             }
             other => other,
         };
@@ -338,8 +354,12 @@ impl Slots {
                 reply.set_seqid(seqid);
                 reply.into_bytes()
             }
-            Outcome::Failed(cause) => errors::failed(service, method, seqid, &cause),
+            Outcome::Failed(cause) => {
+                self.metrics.error(ErrorKind::Failed);
+                errors::failed(service, method, seqid, &cause)
+            }
             Outcome::NotSent(_) => {
+                self.metrics.error(ErrorKind::Failed);
                 let cause = "no endpoint could take the request";
                 errors::failed(service, method, seqid, cause)
             }
@@ -355,8 +375,12 @@ impl Slots {
             let (service, method, seqid) = (slot.service(), slot.method(), slot.client_seqid);
             let reply = match &slot.state {
                 State::Done(_) => continue,
-                State::Waiting => errors::timeout(service, method, seqid),
+                State::Waiting => {
+                    self.metrics.error(ErrorKind::Timeout);
+                    errors::timeout(service, method, seqid)
+                }
                 State::Connecting(_) => {
+                    self.metrics.error(ErrorKind::NoEndpoint);
                     self.connecting -= 1;
                     errors::no_endpoint(service, method, seqid)
                 }
@@ -375,7 +399,7 @@ impl Slots {
                     unreachable!()
                 };
                 self.connecting -= 1;
-                self.route(idx, msg);
+                self.route(idx, msg, false);
             }
         }
     }

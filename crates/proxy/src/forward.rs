@@ -26,11 +26,15 @@ pub enum Refused {
 }
 
 /// Hands the job to a live backend of `service`, trying another when the
-/// chosen connection turns out unable to take it.
-pub fn dispatch(routes: &Routes, service: &str, mut job: Job) -> Result<(), Refused> {
+/// chosen connection turns out unable to take it. `first` counts the call
+/// (not its re-routes) in the service's metrics.
+pub fn dispatch(routes: &Routes, service: &str, mut job: Job, first: bool) -> Result<(), Refused> {
     let Some(pool) = routes.services.get(service) else {
         return Err(Refused::Unknown);
     };
+    if first {
+        pool.requests.inc();
+    }
     for _ in 0..pool.backends.len().max(1) {
         let Some(backend) = pool.balancer.pick(&pool.backends) else {
             break;
@@ -49,6 +53,9 @@ pub fn dispatch(routes: &Routes, service: &str, mut job: Job) -> Result<(), Refu
 /// Sends a ONEWAY message; nothing is ever answered.
 pub fn oneway(routes: &Routes, service: &str, msg: Message) {
     let mut job = Job { msg, reply: None };
+    if let Some(pool) = routes.services.get(service) {
+        pool.requests.inc();
+    }
     for _ in 0..MAX_REROUTES {
         let Some(pool) = routes.services.get(service) else {
             break;

@@ -14,6 +14,7 @@ pub mod balance;
 pub mod client;
 mod fasthash;
 pub mod forward;
+pub mod metrics;
 pub mod routes;
 pub mod server;
 

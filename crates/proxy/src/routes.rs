@@ -18,6 +18,8 @@ use crate::balance::Balancer;
 pub struct ServicePool {
     pub backends: Vec<Arc<Backend>>,
     pub balancer: Balancer,
+    /// Calls received for the service (kept across table rebuilds).
+    pub requests: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Default)]
@@ -32,6 +34,7 @@ pub struct RouteManager {
     balance: rpc_config::Balance,
     live: HashMap<(String, String), Arc<Backend>>,
     publish: watch::Sender<Arc<Routes>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl RouteManager {
@@ -39,6 +42,7 @@ impl RouteManager {
         product: String,
         settings: BackendSettings,
         balance: rpc_config::Balance,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> (Self, watch::Receiver<Arc<Routes>>) {
         let (publish, rx) = watch::channel(Arc::new(Routes::default()));
         (
@@ -48,6 +52,7 @@ impl RouteManager {
                 balance,
                 live: HashMap::new(),
                 publish,
+                metrics,
             },
             rx,
         )
@@ -98,6 +103,7 @@ impl RouteManager {
             let pool = ServicePool {
                 backends,
                 balancer: Balancer::new(self.balance),
+                requests: self.metrics.service_requests(service),
             };
             services.insert(service.clone(), Arc::new(pool));
         }

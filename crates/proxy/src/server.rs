@@ -12,11 +12,13 @@ use tokio::task::JoinHandle;
 
 use crate::backend::BackendSettings;
 use crate::client::{self, ClientSettings};
+use crate::metrics::{self, Metrics};
 use crate::routes::RouteManager;
 
 /// A running proxy.
 pub struct ProxyHandle {
     addresses: Vec<Address>,
+    metrics_address: Option<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -25,6 +27,11 @@ impl ProxyHandle {
     /// The addresses actually bound (port 0 resolved).
     pub fn addresses(&self) -> &[Address] {
         &self.addresses
+    }
+
+    /// Where `/metrics`, `/status` and the dashboard are served, if enabled.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_address
     }
 
     /// Stops accepting, lets every connection finish the requests it has
@@ -59,7 +66,25 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         drain_timeout: config.drain_timeout,
         connect_timeout: Duration::from_secs(3),
     };
-    let (mut manager, routes) = RouteManager::new(config.product.clone(), settings, config.balance);
+    let metrics = Metrics::new();
+    let (mut manager, routes) = RouteManager::new(
+        config.product.clone(),
+        settings,
+        config.balance,
+        metrics.clone(),
+    );
+    let metrics_address = match &config.metrics_address {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr.as_str())
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            let bound = l.local_addr()?;
+            tracing::info!(address = %bound, "metrics and dashboard");
+            tokio::spawn(metrics::serve(l, metrics.clone(), routes.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
     let mut registry_rx = registry
         .watch()
         .await
@@ -71,6 +96,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         max_inflight: config.max_inflight,
         rpc_timeout: config.rpc_timeout,
         frame_timeout: config.frame_timeout,
+        metrics,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let max_conns = config.max_connections;
@@ -118,6 +144,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
     });
     Ok(ProxyHandle {
         addresses,
+        metrics_address,
         shutdown,
         task,
     })
@@ -145,8 +172,12 @@ async fn accept_loop(
             Ok(stream) => {
                 let (routes, settings, shutdown) =
                     (routes.clone(), settings.clone(), shutdown.clone());
+                settings.metrics.accepted.inc();
+                settings.metrics.open_connections.inc();
                 tokio::spawn(async move {
+                    let metrics = settings.metrics.clone();
                     client::serve(stream, routes, settings, shutdown).await;
+                    metrics.open_connections.dec();
                     drop(permit);
                 });
             }

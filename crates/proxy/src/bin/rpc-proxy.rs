@@ -27,6 +27,9 @@ fn main() -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    if let Some(addr) = &args.common.profile_address {
+        config.metrics_address = Some(addr.clone());
+    }
     if config.proxy_address.is_empty() {
         config.proxy_address = vec!["127.0.0.1:5550".parse().expect("valid address")];
     }

@@ -184,15 +184,6 @@ async fn serve_endpoint(
                     b"tag" => {
                         let _ = tx.send(reply(tag.as_bytes()));
                     }
-                    b"tag20" => {
-                        // The tag after 20 ms: a slow endpoint, as seen by
-                        // the balancer.
-                        let (tx, r) = (tx.clone(), reply(tag.as_bytes()));
-                        tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            let _ = tx.send(r);
-                        });
-                    }
                     b"slow" => {
                         let (tx, r) = (tx.clone(), reply(msg.body()));
                         tokio::spawn(async move {

@@ -1,0 +1,255 @@
+//! What the proxy exposes about itself: Prometheus metrics at `/metrics`,
+//! a JSON snapshot at `/status` and a small self-refreshing dashboard at
+//! `/`, served on `metrics_address` (or `--profile-address`).
+//!
+//! Counters on the request path are plain atomics handed out once (a
+//! service's request counter lives in its routing entry), so counting costs
+//! one atomic add per request and no lookup. Per-endpoint gauges
+//! (state, outstanding requests, latency) are read from the live routing
+//! table when scraped.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::backend::State as BackendState;
+use crate::routes::Routes;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric of one proxy.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    errors: Family<Labels, Counter>,
+    pub accepted: Counter,
+    pub open_connections: Gauge,
+    backend_up: Family<Labels, Gauge>,
+    backend_outstanding: Family<Labels, Gauge>,
+    backend_latency: Family<Labels, Gauge>,
+}
+
+/// The error replies the proxy itself produces (SPEC §3), by kind.
+#[derive(Clone, Copy)]
+pub enum ErrorKind {
+    UnknownService,
+    NoEndpoint,
+    Failed,
+    Timeout,
+    Protocol,
+}
+
+impl ErrorKind {
+    fn label(self) -> &'static str {
+        match self {
+            ErrorKind::UnknownService => "unknown_service",
+            ErrorKind::NoEndpoint => "no_endpoint",
+            ErrorKind::Failed => "failed",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("rpc_proxy");
+        let requests = Family::<Labels, Counter>::default();
+        let errors = Family::<Labels, Counter>::default();
+        let accepted = Counter::default();
+        let open_connections = Gauge::default();
+        let backend_up = Family::<Labels, Gauge>::default();
+        let backend_outstanding = Family::<Labels, Gauge>::default();
+        let backend_latency = Family::<Labels, Gauge>::default();
+        registry.register("requests", "Calls received, by service", requests.clone());
+        registry.register(
+            "errors",
+            "Error replies made by the proxy, by kind",
+            errors.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted",
+            accepted.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Client connections open",
+            open_connections.clone(),
+        );
+        registry.register(
+            "endpoint_up",
+            "1 when the connection to the endpoint is up",
+            backend_up.clone(),
+        );
+        registry.register(
+            "endpoint_outstanding",
+            "Requests sent to the endpoint and not answered yet",
+            backend_outstanding.clone(),
+        );
+        registry.register(
+            "endpoint_latency_microseconds",
+            "Recent reply latency of the endpoint (peak-sensitive average)",
+            backend_latency.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            requests,
+            errors,
+            accepted,
+            open_connections,
+            backend_up,
+            backend_outstanding,
+            backend_latency,
+        })
+    }
+
+    /// The request counter of one service, to keep in its routing entry.
+    pub fn service_requests(&self, service: &str) -> Counter {
+        self.requests
+            .get_or_create(&vec![("service", service.to_string())])
+            .clone()
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors
+            .get_or_create(&vec![("kind", kind.label().to_string())])
+            .inc();
+    }
+
+    /// Prometheus text exposition, with endpoint gauges read from `routes`.
+    pub fn render(&self, routes: &Routes) -> String {
+        self.backend_up.clear();
+        self.backend_outstanding.clear();
+        self.backend_latency.clear();
+        for (service, pool) in &routes.services {
+            for b in &pool.backends {
+                let labels = vec![
+                    ("service", service.clone()),
+                    ("endpoint", b.address.to_string()),
+                ];
+                let up = i64::from(b.state() == BackendState::Up);
+                self.backend_up.get_or_create(&labels).set(up);
+                self.backend_outstanding
+                    .get_or_create(&labels)
+                    .set(b.outstanding() as i64);
+                self.backend_latency
+                    .get_or_create(&labels)
+                    .set(b.latency_us() as i64);
+            }
+        }
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    metrics: Arc<Metrics>,
+    routes: watch::Receiver<Arc<Routes>>,
+}
+
+/// Serves `/metrics`, `/status` and `/` on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    routes: watch::Receiver<Arc<Routes>>,
+) {
+    let app = axum::Router::new()
+        .route("/metrics", get(prometheus))
+        .route("/status", get(status))
+        .route("/", get(dashboard))
+        .with_state(Shared { metrics, routes });
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!(error = %e, "metrics endpoint stopped");
+    }
+}
+
+async fn prometheus(State(s): State<Shared>) -> impl IntoResponse {
+    let routes = s.routes.borrow().clone();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(&routes),
+    )
+}
+
+/// One row per endpoint of every service.
+fn snapshot(routes: &Routes) -> Vec<serde_json::Value> {
+    let mut rows = Vec::new();
+    let mut services: Vec<_> = routes.services.iter().collect();
+    services.sort_by(|a, b| a.0.cmp(b.0));
+    for (service, pool) in services {
+        for b in &pool.backends {
+            rows.push(serde_json::json!({
+                "service": service,
+                "endpoint": b.address.to_string(),
+                "state": format!("{:?}", b.state()),
+                "outstanding": b.outstanding(),
+                "latency_us": b.latency_us(),
+            }));
+        }
+    }
+    rows
+}
+
+async fn status(State(s): State<Shared>) -> impl IntoResponse {
+    let routes = s.routes.borrow().clone();
+    axum::Json(serde_json::json!({
+        "connections_open": s.metrics.open_connections.get(),
+        "connections_accepted": s.metrics.accepted.get(),
+        "endpoints": snapshot(&routes),
+    }))
+}
+
+async fn dashboard(State(s): State<Shared>) -> Html<String> {
+    let routes = s.routes.borrow().clone();
+    let mut html = String::from(
+        "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=2>\
+         <title>rpc-proxy</title><style>body{font:14px sans-serif;margin:2em}\
+         table{border-collapse:collapse}td,th{padding:4px 10px;border-bottom:1px solid #ddd;\
+         text-align:left}.Up{color:#080}.Down,.Closed{color:#b00}</style><h1>rpc-proxy</h1>",
+    );
+    let _ = write!(
+        html,
+        "<p>{} client connections open, {} accepted since start. \
+         <a href=/metrics>metrics</a> · <a href=/status>status (JSON)</a></p>\
+         <table><tr><th>service</th><th>endpoint</th><th>state</th>\
+         <th>outstanding</th><th>latency µs</th></tr>",
+        s.metrics.open_connections.get(),
+        s.metrics.accepted.get()
+    );
+    for row in snapshot(&routes) {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td class={state}>{state}</td><td>{}</td><td>{}</td></tr>",
+            escape(row["service"].as_str().unwrap_or("")),
+            escape(row["endpoint"].as_str().unwrap_or("")),
+            row["outstanding"],
+            row["latency_us"],
+            state = escape(row["state"].as_str().unwrap_or("")),
+        );
+    }
+    html.push_str("</table>");
+    Html(html)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

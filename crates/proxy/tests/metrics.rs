@@ -1,0 +1,67 @@
+//! The metrics endpoint and dashboard, scraped over real HTTP.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use rpc_codec::MessageType;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(STEP, s.read_to_string(&mut out))
+        .await
+        .expect("response in time")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+#[tokio::test]
+async fn metrics_status_and_dashboard_show_traffic_and_endpoints() {
+    let ep = TestEndpoint::start("a").await;
+    let reg = MemRegistry::new();
+    reg.set("echo", vec![ep.endpoint("echo")]);
+    let config = test_config("metrics_address=127.0.0.1:0\nrpc_timeout=0.3");
+    let (proxy, addr) = start_proxy(&config, Arc::new(reg)).await;
+    let metrics = proxy.metrics_address().expect("metrics enabled");
+
+    let mut c = Client::connect(&addr).await;
+    for i in 0..5 {
+        assert_eq!(
+            c.call("echo:echo", i, b"x").await.kind(),
+            MessageType::Reply
+        );
+    }
+    assert_eq!(
+        c.call("nosuch:echo", 9, b"").await.kind(),
+        MessageType::Exception
+    );
+    assert_eq!(
+        c.call("echo:hang", 10, b"").await.kind(),
+        MessageType::Exception
+    );
+
+    let text = get(metrics, "/metrics").await;
+    let endpoint = ep.address.to_string();
+    for line in [
+        "rpc_proxy_requests_total{service=\"echo\"} 6".to_string(),
+        "rpc_proxy_errors_total{kind=\"unknown_service\"} 1".to_string(),
+        "rpc_proxy_errors_total{kind=\"timeout\"} 1".to_string(),
+        "rpc_proxy_connections_open 1".to_string(),
+        format!("rpc_proxy_endpoint_up{{service=\"echo\",endpoint=\"{endpoint}\"}} 1"),
+    ] {
+        assert!(text.contains(&line), "{line} missing from:\n{text}");
+    }
+    let status = get(metrics, "/status").await;
+    let json = &status[status.find("\r\n\r\n").unwrap() + 4..];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["endpoints"][0]["service"], "echo");
+    assert_eq!(v["endpoints"][0]["state"], "Up");
+    let page = get(metrics, "/").await;
+    assert!(page.contains(&endpoint) && page.contains("echo"), "{page}");
+}
