@@ -18,8 +18,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rpc_codec::Message;
 use rpc_config::Dispatch;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
+
+use crate::reply::ReplyTo;
 
 /// What becomes of a request handed to the dispatcher.
 #[derive(Debug)]
@@ -40,7 +42,7 @@ pub struct Job {
     /// The request as read, seqid still the caller's.
     pub msg: Message,
     /// `None` for oneway calls.
-    pub reply: Option<oneshot::Sender<Outcome>>,
+    pub reply: Option<ReplyTo>,
     pub deadline: Instant,
 }
 
@@ -53,7 +55,7 @@ impl Job {
 
     fn answer(self, outcome: Outcome) {
         if let Some(reply) = self.reply {
-            let _ = reply.send(outcome);
+            reply.send(outcome);
         }
     }
 }
@@ -150,11 +152,27 @@ impl Dispatcher {
     /// Sends the job to a worker, queues it, or answers it at once.
     pub fn submit(&self, job: Job) {
         let mut core = self.lock();
+        self.submit_locked(&mut core, job);
+    }
+
+    /// [`Self::submit`] for a batch, under one lock; empties `jobs`.
+    pub fn submit_many(&self, jobs: &mut Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut core = self.lock();
+        for job in jobs.drain(..) {
+            self.submit_locked(&mut core, job);
+        }
+    }
+
+    fn submit_locked(&self, core: &mut MutexGuard<'_, Core>, job: Job) {
+        let core = &mut **core;
         // FIFO: while others wait, a newcomer waits behind them.
         let job = if core.queue.is_empty() {
-            match self.pick(&mut core) {
+            match self.pick(core) {
                 Some(i) => {
-                    self.hand_over(&mut core, i, job);
+                    self.hand_over(core, i, job);
                     return;
                 }
                 None => job,
@@ -164,7 +182,7 @@ impl Dispatcher {
         };
         if core.queue.len() >= self.queue_size {
             let waiting = core.queue.len();
-            drop(core);
+            // Answering only queues a message: fine under the lock.
             job.answer(Outcome::Rejected(format!(
                 "LB queue full: {waiting} requests already wait for a free worker slot"
             )));
@@ -172,7 +190,6 @@ impl Dispatcher {
         }
         let was_empty = core.queue.is_empty();
         core.queue.push_back(job);
-        drop(core);
         if was_empty {
             self.queue_wake.notify_one();
         }
@@ -367,15 +384,25 @@ mod tests {
     use rpc_codec::{encode_message, MessageType};
     use std::time::Duration;
 
-    fn job(tag: i32, timeout: Duration) -> (Job, oneshot::Receiver<Outcome>) {
+    use crate::reply::{Answer, AnswerRx, ReplyTo};
+
+    fn job(tag: i32, timeout: Duration) -> (Job, AnswerRx) {
         let msg = Message::parse(encode_message(MessageType::Call, b"m", tag, b"")).unwrap();
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         let job = Job {
             msg,
-            reply: Some(tx),
+            reply: Some(ReplyTo::new(tx, tag, b"m")),
             deadline: Instant::now() + timeout,
         };
         (job, rx)
+    }
+
+    /// The outcome answered so far, if any.
+    fn outcome(rx: &mut AnswerRx) -> Option<Outcome> {
+        match rx.try_recv().ok()? {
+            Answer::Reply(m) => Some(Outcome::Reply(m)),
+            Answer::Error(f) => Some(f.outcome),
+        }
     }
 
     fn drain(rx: &mut mpsc::UnboundedReceiver<Job>) -> Vec<i32> {
@@ -404,7 +431,7 @@ mod tests {
         assert_eq!((got_a, got_b), (vec![0, 2], vec![1, 3]));
         assert_eq!(d.stats().queued, 2);
         // The 7th found the queue full.
-        assert!(matches!(keep[6].try_recv(), Ok(Outcome::Rejected(_))));
+        assert!(matches!(outcome(&mut keep[6]), Some(Outcome::Rejected(_))));
         // A freed slot takes the oldest waiting job.
         d.release(ib, 1);
         assert_eq!(drain(&mut b), vec![4]);
@@ -431,18 +458,18 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         d.release(ia, 1);
         assert_eq!(drain(&mut a), vec![3]);
-        assert!(matches!(r1.try_recv(), Ok(Outcome::Expired)));
+        assert!(matches!(outcome(&mut r1), Some(Outcome::Expired)));
     }
 
     #[tokio::test]
     async fn sweeper_expires_queued_jobs_on_time() {
         let d = Dispatcher::new(Dispatch::LeastLoaded, 1, 100, 10);
         let sweeper = tokio::spawn(d.clone().sweep_expired());
-        let (j, rx) = job(1, Duration::from_millis(50));
+        let (j, mut rx) = job(1, Duration::from_millis(50));
         d.submit(j); // no worker: queued
         assert_eq!(d.stats().queued, 1);
-        let got = tokio::time::timeout(Duration::from_secs(5), rx).await;
-        assert!(matches!(got, Ok(Ok(Outcome::Expired))));
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert!(matches!(got, Ok(Some(Answer::Error(f))) if matches!(f.outcome, Outcome::Expired)));
         assert_eq!(d.stats().queued, 0);
         sweeper.abort();
     }

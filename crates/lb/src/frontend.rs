@@ -6,23 +6,21 @@
 //! number of unanswered requests is capped (`max_inflight`): at the cap the
 //! task stops reading and TCP pushes back on the proxy.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 use rpc_codec::{
     application_exception, ExceptionKind, FrameCodec, FrameError, Header, Message, MessageType,
 };
-use rpc_transport::{FrameReader, FrameWriter, Stream};
-use tokio::sync::{oneshot, watch};
-use tokio::time::{timeout_at, Instant};
+use rpc_transport::{FrameWriter, Stream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::dispatch::{Dispatcher, Job, Outcome};
+use crate::reader::FrameReader;
+use crate::reply::{Answer, AnswerTx, ReplyTo};
 
 pub struct FrontSettings {
     pub service: Arc<str>,
@@ -46,8 +44,8 @@ impl Activity {
         }
     }
 
-    fn touch(&self) {
-        let ms = self.origin.elapsed().as_millis() as u64;
+    fn touch(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.origin).as_millis() as u64;
         // Skip the shared write when nothing changed (hot path, many cores).
         if self.last_ms.load(Ordering::Relaxed) != ms {
             self.last_ms.store(ms, Ordering::Relaxed);
@@ -67,8 +65,6 @@ impl Default for Activity {
     }
 }
 
-type Pending = Pin<Box<dyn Future<Output = Bytes> + Send>>;
-
 /// Replies waiting for a proxy that does not read: beyond this, stop
 /// reading its requests.
 const WRITE_BUFFER_LIMIT: usize = 4 << 20;
@@ -85,28 +81,91 @@ pub async fn serve(
     let mut reader = FrameReader::new(r, FrameCodec::new(settings.max_frame))
         .with_frame_timeout(settings.frame_timeout);
     let mut writer = FrameWriter::new(w);
-    let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+    // Every request's answer comes back through this one channel.
+    let (tx, mut answers) = mpsc::unbounded_channel();
+    // Requests handed to the dispatcher and not yet answered.
+    let mut inflight = 0usize;
+    let mut jobs = Vec::new();
     // Set when reading must stop: the final frame to send once the replies
     // already owed are out (a protocol error), if any.
     let mut closing: Option<Option<Bytes>> = None;
+    let stop = crate::until(&mut shutdown, |s| *s);
+    tokio::pin!(stop);
+    let mut stop_seen = false;
 
     loop {
-        if closing.is_some() && pending.is_empty() && writer.is_empty() {
+        if closing.is_some() && inflight == 0 && writer.is_empty() {
             break;
         }
         let reading = closing.is_none()
-            && pending.len() < settings.max_inflight
+            && inflight < settings.max_inflight
             && writer.queued_bytes() < WRITE_BUFFER_LIMIT;
         if !reading {
             reader.reset_frame_clock();
         }
+        // Biased, writing last: everything ready is taken in first, so one
+        // write carries the whole batch.
         tokio::select! {
             biased;
-            Some(frame) = pending.next(), if !pending.is_empty() => {
-                writer.push(frame);
-                while let Some(Some(frame)) = pending.next().now_or_never() {
-                    writer.push(frame);
+            Some(answer) = answers.recv(), if inflight > 0 => {
+                writer.push(frame_of(answer, &settings.service));
+                inflight -= 1;
+                while inflight > 0 {
+                    match answers.try_recv() {
+                        Ok(answer) => {
+                            writer.push(frame_of(answer, &settings.service));
+                            inflight -= 1;
+                        }
+                        Err(_) => break,
+                    }
                 }
+            }
+            frame = reader.next(), if reading => {
+                // One clock reading for the whole batch.
+                let now = Instant::now();
+                let deadline = now + settings.rpc_timeout;
+                let mut frame = frame;
+                loop {
+                    match frame {
+                        None => closing = Some(None),
+                        Some(Ok(frame)) => match Message::parse_or_peek(frame) {
+                            Ok(msg) => {
+                                if let Some(f) = request(msg, &tx, &settings, deadline, &mut jobs, &mut inflight) {
+                                    writer.push(f);
+                                }
+                            }
+                            Err((e, header)) => {
+                                tracing::warn!(%peer, error = %e, "bad message from proxy, closing");
+                                closing = Some(Some(protocol_error(&e.to_string(), header)));
+                            }
+                        },
+                        Some(Err(e)) => {
+                            if let FrameError::Io(io) = &e {
+                                tracing::debug!(%peer, error = %io, "frontend read failed");
+                                closing = Some(None);
+                            } else {
+                                tracing::warn!(%peer, error = %e, "bad frame from proxy, closing");
+                                let header = reader.buffered().get(4..).and_then(Header::peek);
+                                closing = Some(Some(protocol_error(&e.to_string(), header)));
+                            }
+                        }
+                    }
+                    if closing.is_some() || inflight >= settings.max_inflight {
+                        break;
+                    }
+                    match reader.next_buffered() {
+                        Some(f) => frame = Some(f),
+                        None => break,
+                    }
+                }
+                if !jobs.is_empty() {
+                    activity.touch(now);
+                    dispatcher.submit_many(&mut jobs);
+                }
+            }
+            _ = &mut stop, if !stop_seen && closing.is_none() => {
+                stop_seen = true;
+                closing = Some(None);
             }
             // Writing races reading, as in the proxy.
             written = writer.write_some(), if !writer.is_empty() => {
@@ -115,36 +174,6 @@ pub async fn serve(
                     return;
                 }
             }
-            frame = reader.next(), if reading => {
-                match frame {
-                    None => closing = Some(None),
-                    Some(Ok(frame)) => match Message::parse_or_peek(frame) {
-                        Ok(msg) => {
-                            if let Some(now) = request(msg, &dispatcher, &settings, &activity) {
-                                match now {
-                                    Immediate::Frame(f) => writer.push(f),
-                                    Immediate::Later(p) => pending.push(p),
-                                }
-                            }
-                        }
-                        Err((e, header)) => {
-                            tracing::warn!(%peer, error = %e, "bad message from proxy, closing");
-                            closing = Some(Some(protocol_error(&e.to_string(), header)));
-                        }
-                    },
-                    Some(Err(e)) => {
-                        if let FrameError::Io(io) = &e {
-                            tracing::debug!(%peer, error = %io, "frontend read failed");
-                            closing = Some(None);
-                        } else {
-                            tracing::warn!(%peer, error = %e, "bad frame from proxy, closing");
-                            let header = reader.buffered().get(4..).and_then(Header::peek);
-                            closing = Some(Some(protocol_error(&e.to_string(), header)));
-                        }
-                    }
-                }
-            }
-            _ = crate::until(&mut shutdown, |s| *s), if closing.is_none() => closing = Some(None),
         }
     }
     if let Some(Some(frame)) = closing {
@@ -153,57 +182,46 @@ pub async fn serve(
     let _ = writer.flush().await;
 }
 
-enum Immediate {
-    /// To write now (heartbeat echo, error).
-    Frame(Bytes),
-    /// The reply, once a worker answered.
-    Later(Pending),
+/// The frame an answer becomes.
+fn frame_of(a: Answer, service: &str) -> Bytes {
+    match a {
+        Answer::Reply(msg) => msg.into_bytes(),
+        Answer::Error(f) => answer(f.outcome, service, f.method.as_bytes(), f.seqid),
+    }
 }
 
-/// Starts one request; `None` when nothing is to be answered (oneway).
+/// Starts one request (queued in `jobs`); returns a frame to write at once
+/// (heartbeat echo, error), if any.
 fn request(
     mut msg: Message,
-    dispatcher: &Dispatcher,
+    tx: &AnswerTx,
     settings: &FrontSettings,
-    activity: &Activity,
-) -> Option<Immediate> {
+    deadline: Instant,
+    jobs: &mut Vec<Job>,
+    inflight: &mut usize,
+) -> Option<Bytes> {
     match msg.kind() {
         MessageType::Call | MessageType::Oneway => {
-            activity.touch();
             // A multiplexed client talking to the LB directly may keep the
             // `service:` prefix; workers expect the bare method.
             if msg.service() == Some(settings.service.as_bytes()) {
                 msg.strip_service();
             }
-            let deadline = Instant::now() + settings.rpc_timeout;
-            if msg.kind() == MessageType::Oneway {
-                dispatcher.submit(Job {
-                    msg,
-                    reply: None,
-                    deadline,
-                });
-                return None;
-            }
-            let seqid = msg.seqid();
-            let method = Bytes::copy_from_slice(msg.name());
-            let (tx, rx) = oneshot::channel();
-            dispatcher.submit(Job {
+            let reply = if msg.kind() == MessageType::Oneway {
+                None
+            } else {
+                *inflight += 1;
+                Some(ReplyTo::new(tx.clone(), msg.seqid(), msg.name()))
+            };
+            jobs.push(Job {
                 msg,
-                reply: Some(tx),
+                reply,
                 deadline,
             });
-            let service = settings.service.clone();
-            Some(Immediate::Later(Box::pin(async move {
-                let outcome = match timeout_at(deadline, rx).await {
-                    Ok(Ok(outcome)) => outcome,
-                    Ok(Err(_)) => Outcome::Failed("the LB is stopping".into()),
-                    Err(_) => Outcome::Expired,
-                };
-                answer(outcome, &service, &method, seqid)
-            })))
+            None
         }
         // SPEC §4: the endpoint echoes the heartbeat frame unchanged.
-        MessageType::Heartbeat => Some(Immediate::Frame(msg.into_bytes())),
+        MessageType::Heartbeat => Some(msg.into_bytes()),
         other => {
             let text = format!("unexpected message type {other:?} from a proxy");
             let reply = application_exception(
@@ -212,7 +230,7 @@ fn request(
                 ExceptionKind::ProtocolError,
                 &text,
             );
-            Some(Immediate::Frame(reply.freeze()))
+            Some(reply.freeze())
         }
     }
 }

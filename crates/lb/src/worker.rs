@@ -5,20 +5,25 @@
 //! Requests arrive from the dispatcher on an unbounded channel whose depth
 //! the dispatcher bounds (a worker never holds more than its slots). The
 //! caller's seqid is swapped for one unique on this connection and put
-//! back on the reply. The task heartbeats the worker, declares it lost
-//! when nothing comes back for `heartbeat_timeout` or the socket closes,
-//! and honours a worker's STOP.
+//! back on the reply. A request still unanswered at its deadline is
+//! answered with a timeout (its slot stays taken until the worker replies).
+//! The task heartbeats the worker, declares it lost when nothing comes
+//! back for `heartbeat_timeout` or the socket closes, and honours a
+//! worker's STOP.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rpc_codec::{heartbeat, stop_confirm, FrameCodec, Message, MessageType};
-use rpc_transport::{FrameReader, FrameWriter, Stream};
-use tokio::sync::{mpsc, oneshot, watch};
+use rpc_transport::{FrameWriter, Stream};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::dispatch::{Dispatcher, Job, Outcome, WorkerId};
+use crate::reader::FrameReader;
+use crate::reply::ReplyTo;
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -27,10 +32,40 @@ pub struct WorkerSettings {
     pub heartbeat_timeout: Duration,
 }
 
+/// Hashes the seqids this task assigns itself (consecutive integers) with
+/// one multiplication: well spread, far cheaper than SipHash.
+#[derive(Default)]
+struct SeqidHasher(u64);
+
+impl Hasher for SeqidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_i32(&mut self, v: i32) {
+        self.0 = u64::from(v as u32).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type SeqidMap<V> = HashMap<i32, V, BuildHasherDefault<SeqidHasher>>;
+
+/// A request written to the worker: its slot is taken until the worker
+/// answers (or is lost), even when the caller was already told it timed
+/// out (`reply` taken).
 struct Pending {
-    reply: oneshot::Sender<Outcome>,
-    /// The caller's seqid, restored on the reply.
-    seqid: i32,
+    reply: Option<ReplyTo>,
+}
+
+impl Pending {
+    fn waiting(&self) -> bool {
+        self.reply.is_some()
+    }
 }
 
 /// Why a worker connection ended.
@@ -50,7 +85,7 @@ pub async fn serve(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let id = dispatcher.add_worker(tx);
     tracing::info!(worker = id, %peer, "worker connected");
-    let mut pending = HashMap::new();
+    let mut pending = SeqidMap::default();
     let end = run(
         stream,
         id,
@@ -77,11 +112,37 @@ pub async fn serve(
         }
     };
     for (_, p) in pending.drain() {
-        let _ = p
-            .reply
-            .send(Outcome::Failed(format!("worker {peer}: {cause}")));
+        if let Some(reply) = p.reply {
+            reply.send(Outcome::Failed(format!("worker {peer}: {cause}")));
+        }
     }
     tracing::info!(worker = id, %peer, "worker disconnected");
+}
+
+/// Deadlines of the requests in flight, in the order they were written
+/// (which is deadline order but for requeued jobs, a few ms apart). One
+/// timer per connection is armed for the oldest; answered entries leave
+/// the front as replies come, and the queue is compacted when a stuck
+/// request at its head holds many answered ones behind it.
+struct Deadlines {
+    queue: VecDeque<(i32, Instant)>,
+}
+
+impl Deadlines {
+    /// Drops answered entries from the front (and everywhere, when they
+    /// pile up behind a long-running request).
+    fn trim(&mut self, pending: &SeqidMap<Pending>) {
+        while let Some(&(seqid, _)) = self.queue.front() {
+            if pending.get(&seqid).is_some_and(Pending::waiting) {
+                break;
+            }
+            self.queue.pop_front();
+        }
+        if self.queue.len() > 2 * pending.len() + 64 {
+            self.queue
+                .retain(|(seqid, _)| pending.get(seqid).is_some_and(Pending::waiting));
+        }
+    }
 }
 
 async fn run(
@@ -90,7 +151,7 @@ async fn run(
     dispatcher: &Dispatcher,
     s: &WorkerSettings,
     rx: &mut mpsc::UnboundedReceiver<Job>,
-    pending: &mut HashMap<i32, Pending>,
+    pending: &mut SeqidMap<Pending>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> End {
     let (r, w) = stream.into_split();
@@ -102,9 +163,79 @@ async fn run(
         tokio::time::interval_at(Instant::now() + s.heartbeat_interval, s.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
+    let mut deadlines = Deadlines {
+        queue: VecDeque::new(),
+    };
+    // Armed (`armed`) for the oldest deadline in flight.
+    let expiry = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(expiry);
+    let mut armed = false;
+    let stop = crate::until(shutdown, |s| *s);
+    tokio::pin!(stop);
 
     loop {
+        if !armed {
+            if let Some(&(_, at)) = deadlines.queue.front() {
+                expiry.as_mut().reset(at);
+                armed = true;
+            }
+        }
+        // Biased, writing last: everything ready is taken in first, so one
+        // write carries the whole batch.
         tokio::select! {
+            biased;
+            frame = reader.next() => {
+                let mut frame = frame;
+                // Slots freed by this batch of replies.
+                let mut done = 0;
+                loop {
+                    let msg = match frame {
+                        Some(Ok(f)) => match Message::parse(f) {
+                            Ok(m) => m,
+                            Err(e) => return End::Lost(format!("bad message: {e}")),
+                        },
+                        Some(Err(e)) => return End::Lost(format!("bad frame: {e}")),
+                        None => return End::Lost("connection closed".into()),
+                    };
+                    match msg.kind() {
+                        MessageType::Heartbeat => {}
+                        MessageType::Reply | MessageType::Exception => {
+                            match pending.remove(&msg.seqid()) {
+                                Some(p) => {
+                                    // Already told it timed out: dropped.
+                                    if let Some(reply) = p.reply {
+                                        reply.reply(msg);
+                                    }
+                                    done += 1;
+                                }
+                                None => tracing::debug!(worker = id, seqid = msg.seqid(), "reply to unknown seqid dropped"),
+                            }
+                        }
+                        MessageType::Stop if !stopping => {
+                            stopping = true;
+                            dispatcher.stop_worker(id);
+                            // Jobs handed over before the STOP was seen go elsewhere.
+                            let mut unsent = Vec::new();
+                            while let Ok(job) = rx.try_recv() {
+                                unsent.push(job);
+                            }
+                            tracing::info!(worker = id, inflight = pending.len(), requeued = unsent.len(), "worker stopping");
+                            dispatcher.requeue(id, unsent);
+                            writer.push(stop_confirm().freeze());
+                        }
+                        other => tracing::debug!(worker = id, ?other, "unexpected message from worker ignored"),
+                    }
+                    match reader.next_buffered() {
+                        Some(f) => frame = Some(f),
+                        None => break,
+                    }
+                }
+                last_heard = Instant::now();
+                if done > 0 {
+                    dispatcher.release(id, done);
+                    deadlines.trim(pending);
+                }
+            }
             job = rx.recv(), if !stopping => {
                 let Some(job) = job else { return End::Closed };
                 let mut job = Some(job);
@@ -115,7 +246,7 @@ async fn run(
                 while let Some(Job { mut msg, reply, deadline }) = job.take() {
                     match reply {
                         Some(reply) if reply.is_closed() || now >= deadline => {
-                            let _ = reply.send(Outcome::Expired);
+                            reply.send(Outcome::Expired);
                             released += 1;
                         }
                         Some(reply) => {
@@ -125,9 +256,9 @@ async fn run(
                                     break;
                                 }
                             }
-                            let seqid = msg.seqid();
                             msg.set_seqid(next_seqid);
-                            pending.insert(next_seqid, Pending { reply, seqid });
+                            pending.insert(next_seqid, Pending { reply: Some(reply) });
+                            deadlines.queue.push_back((next_seqid, deadline));
                             writer.push(msg.into_bytes());
                         }
                         None => {
@@ -142,44 +273,20 @@ async fn run(
                     dispatcher.release(id, released);
                 }
             }
-            frame = reader.next() => {
-                let frame = match frame {
-                    Some(Ok(f)) => f,
-                    Some(Err(e)) => return End::Lost(format!("bad frame: {e}")),
-                    None => return End::Lost("connection closed".into()),
-                };
-                let msg = match Message::parse(frame) {
-                    Ok(m) => m,
-                    Err(e) => return End::Lost(format!("bad message: {e}")),
-                };
-                last_heard = Instant::now();
-                match msg.kind() {
-                    MessageType::Heartbeat => {}
-                    MessageType::Reply | MessageType::Exception => {
-                        match pending.remove(&msg.seqid()) {
-                            Some(p) => {
-                                let mut msg = msg;
-                                msg.set_seqid(p.seqid);
-                                // The caller may have given up: dropping is fine.
-                                let _ = p.reply.send(Outcome::Reply(msg));
-                                dispatcher.release(id, 1);
-                            }
-                            None => tracing::debug!(worker = id, seqid = msg.seqid(), "reply to unknown seqid dropped"),
+            () = &mut expiry, if armed => {
+                armed = false;
+                let now = Instant::now();
+                while let Some(&(seqid, at)) = deadlines.queue.front() {
+                    if let Some(p) = pending.get_mut(&seqid) {
+                        if p.waiting() && at > now {
+                            break;
+                        }
+                        // The slot stays taken until the worker answers.
+                        if let Some(reply) = p.reply.take() {
+                            reply.send(Outcome::Expired);
                         }
                     }
-                    MessageType::Stop if !stopping => {
-                        stopping = true;
-                        dispatcher.stop_worker(id);
-                        // Jobs handed over before the STOP was seen go elsewhere.
-                        let mut unsent = Vec::new();
-                        while let Ok(job) = rx.try_recv() {
-                            unsent.push(job);
-                        }
-                        tracing::info!(worker = id, inflight = pending.len(), requeued = unsent.len(), "worker stopping");
-                        dispatcher.requeue(id, unsent);
-                        writer.push(stop_confirm().freeze());
-                    }
-                    other => tracing::debug!(worker = id, ?other, "unexpected message from worker ignored"),
+                    deadlines.queue.pop_front();
                 }
             }
             _ = ticker.tick() => {
@@ -188,6 +295,7 @@ async fn run(
                 }
                 writer.push(heartbeat(0).freeze());
             }
+            _ = &mut stop => return End::Closed,
             // Writing races reading: replies keep being read while the
             // worker is slow to take requests (no deadlock on full buffers).
             written = writer.write_some(), if !writer.is_empty() => {
@@ -195,7 +303,6 @@ async fn run(
                     return End::Lost(format!("write failed: {e}"));
                 }
             }
-            _ = crate::until(shutdown, |s| *s) => return End::Closed,
         }
     }
 }

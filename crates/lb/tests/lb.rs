@@ -398,3 +398,29 @@ async fn malformed_worker_is_dropped_alone() {
     assert_eq!(c.call("tag", 1, b"").await.body(), b"a");
     assert_eq!(w[0].calls(), 1);
 }
+
+#[tokio::test]
+async fn stuck_call_times_out_on_time_while_others_flow_past_it() {
+    let (lb, _reg) = start_lb("worker_pool_size=2\nrpc_timeout=0.5").await;
+    let w = workers(&lb, &["a"], 2).await;
+    let mut c = Client::connect(lb.front_address()).await;
+    let start = tokio::time::Instant::now();
+    c.send(MessageType::Call, "block", 1, b"stuck").await;
+    eventually("the stuck call is in flight", || w[0].inflight() == 1).await;
+    // Many calls pass through the other slot meanwhile.
+    for i in 2..100 {
+        assert_eq!(c.call("echo", i, b"x").await.seqid(), i);
+    }
+    let r = c.recv().await.unwrap();
+    assert_eq!(r.seqid(), 1);
+    assert!(exception_text(&r).1.contains("Timeout Exception"));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // The slot stays taken until the worker answers.
+    assert_eq!(lb.stats().inflight, 1);
+    w[0].release(1);
+    eventually("slot freed", || lb.stats().inflight == 0).await;
+}

@@ -1,0 +1,134 @@
+//! How an answer finds its way back to the proxy connection that asked.
+//!
+//! Every proxy connection owns one channel of [`Answer`]s; each request
+//! carries a [`ReplyTo`] (a clone of that channel's sender, the caller's
+//! seqid and the method name for error texts). Whoever settles the request
+//! (the worker task, the dispatcher's queue) sends exactly one answer
+//! through it; a `ReplyTo` dropped unanswered sends a failure itself, so the
+//! connection never waits for an answer that cannot come.
+
+use rpc_codec::Message;
+use tokio::sync::mpsc;
+
+use crate::dispatch::Outcome;
+
+/// A method name kept for error texts, inline when short.
+#[derive(Debug, Clone)]
+pub enum Method {
+    Inline {
+        len: u8,
+        bytes: [u8; Method::INLINE],
+    },
+    Heap(Box<[u8]>),
+}
+
+impl Method {
+    const INLINE: usize = 38;
+
+    pub fn new(name: &[u8]) -> Method {
+        if name.len() <= Self::INLINE {
+            let mut bytes = [0; Self::INLINE];
+            bytes[..name.len()].copy_from_slice(name);
+            Method::Inline {
+                len: name.len() as u8,
+                bytes,
+            }
+        } else {
+            Method::Heap(name.into())
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Method::Inline { len, bytes } => &bytes[..*len as usize],
+            Method::Heap(b) => b,
+        }
+    }
+}
+
+/// What travels back to a proxy connection.
+#[derive(Debug)]
+pub enum Answer {
+    /// The worker's reply, seqid already the caller's.
+    Reply(Message),
+    /// Anything else: the frontend words the exception.
+    Error(Box<Failure>),
+}
+
+#[derive(Debug)]
+pub struct Failure {
+    /// Never [`Outcome::Reply`].
+    pub outcome: Outcome,
+    pub seqid: i32,
+    pub method: Method,
+}
+
+pub type AnswerTx = mpsc::UnboundedSender<Answer>;
+pub type AnswerRx = mpsc::UnboundedReceiver<Answer>;
+
+/// Where one request's answer goes. Answered at most once; answered with a
+/// failure when dropped unanswered.
+#[derive(Debug)]
+pub struct ReplyTo {
+    tx: AnswerTx,
+    /// The caller's seqid, restored on the reply.
+    seqid: i32,
+    method: Method,
+    done: bool,
+}
+
+impl ReplyTo {
+    pub fn new(tx: AnswerTx, seqid: i32, method: &[u8]) -> ReplyTo {
+        ReplyTo {
+            tx,
+            seqid,
+            method: Method::new(method),
+            done: false,
+        }
+    }
+
+    /// The caller's seqid.
+    pub fn seqid(&self) -> i32 {
+        self.seqid
+    }
+
+    /// Nobody reads answers any more (the proxy connection is gone).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Delivers the worker's reply with the caller's seqid put back.
+    pub fn reply(mut self, mut msg: Message) {
+        msg.set_seqid(self.seqid);
+        self.done = true;
+        let _ = self.tx.send(Answer::Reply(msg));
+    }
+
+    /// Delivers an outcome (a reply or a failure).
+    pub fn send(mut self, outcome: Outcome) {
+        if let Outcome::Reply(msg) = outcome {
+            return self.reply(msg);
+        }
+        self.done = true;
+        let failure = Failure {
+            outcome,
+            seqid: self.seqid,
+            method: std::mem::replace(&mut self.method, Method::Heap(Box::default())),
+        };
+        let _ = self.tx.send(Answer::Error(Box::new(failure)));
+    }
+}
+
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        if !self.done {
+            self.done = true;
+            let failure = Failure {
+                outcome: Outcome::Failed("the LB is stopping".into()),
+                seqid: self.seqid,
+                method: std::mem::replace(&mut self.method, Method::Heap(Box::default())),
+            };
+            let _ = self.tx.send(Answer::Error(Box::new(failure)));
+        }
+    }
+}
