@@ -35,17 +35,5 @@ pub fn raise_nofile_limit() -> u64 {
     }
 }
 
-/// A Tokio runtime with `threads` workers: 1 is a single-threaded runtime,
-/// 0 one worker per core.
-pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if threads == 1 {
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-    }
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if threads > 1 {
-        b.worker_threads(threads);
-    }
-    b.enable_all().build()
-}
+/// The runtime the `threads` setting selects, as for every binary here.
+pub use rpc_config::runtime;

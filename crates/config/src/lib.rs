@@ -4,7 +4,9 @@
 mod cli;
 mod ini;
 mod logging;
+mod process;
 
 pub use cli::CommonArgs;
 pub use ini::{Balance, Config, ConfigError, Dispatch, RegistrySpec};
 pub use logging::init_logging;
+pub use process::{runtime, wait_for_signal, SINGLE_THREAD_MAX_CORES};

@@ -20,28 +20,4 @@ pub mod server;
 
 pub use server::{start, ProxyHandle};
 
-/// The runtime the binaries use: `threads == 1` is a single-threaded
-/// runtime (no cross-thread handoff at all), `0` picks one worker per core.
-pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if threads == 1 {
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-    }
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if threads > 1 {
-        b.worker_threads(threads);
-    }
-    b.enable_all().build()
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
+pub use rpc_config::{runtime, wait_for_signal};

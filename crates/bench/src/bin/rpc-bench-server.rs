@@ -56,7 +56,7 @@ struct Args {
     /// Worker: most seconds a graceful stop may take.
     #[arg(long, default_value_t = 30.0)]
     stop_timeout: f64,
-    /// Runtime worker threads (1: single-threaded; 0: one per core).
+    /// Runtime worker threads (1: single-threaded; 0: single-threaded on up to 4 cores, else one per core).
     #[arg(short = 'T', long, default_value_t = 1)]
     threads: usize,
 }

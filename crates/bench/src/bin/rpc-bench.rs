@@ -68,7 +68,7 @@ struct Args {
     /// Largest reply frame accepted, bytes.
     #[arg(long, default_value_t = rpc_codec::DEFAULT_MAX_FRAME)]
     max_frame: usize,
-    /// Runtime worker threads (1: single-threaded; 0: one per core).
+    /// Runtime worker threads (1: single-threaded; 0: single-threaded on up to 4 cores, else one per core).
     #[arg(short = 'T', long, default_value_t = 1)]
     threads: usize,
     /// Write the JSON report to FILE (`-` for stdout).

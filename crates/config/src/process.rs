@@ -1,0 +1,36 @@
+//! How the binaries run: the tokio runtime the `threads` key selects, and
+//! the signals that stop them.
+
+/// With `threads = 0`, machines with at most this many cores get a
+/// single-threaded runtime: on small machines shared with the application
+/// and its services, one thread with no cross-thread hand-off measured both
+/// cheaper per request and faster than one thread per core.
+pub const SINGLE_THREAD_MAX_CORES: usize = 4;
+
+/// `threads == 1` is a single-threaded runtime, `threads > 1` that many
+/// worker threads, and `0` picks: single-threaded on up to
+/// [`SINGLE_THREAD_MAX_CORES`] cores, else one worker per core.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads == 1 || (threads == 0 && cores <= SINGLE_THREAD_MAX_CORES) {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 1 {
+        b.worker_threads(threads);
+    }
+    b.enable_all().build()
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
