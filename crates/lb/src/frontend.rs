@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::dispatch::{Dispatcher, Job, Outcome};
-use crate::reader::FrameReader;
 use crate::reply::{Answer, AnswerTx, ReplyTo};
+use rpc_transport::FrameReader;
 
 pub struct FrontSettings {
     pub service: Arc<str>,

@@ -17,7 +17,6 @@
 
 pub mod dispatch;
 pub mod frontend;
-mod reader;
 pub mod register;
 pub mod reply;
 pub mod server;

@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::dispatch::{Dispatcher, Job, Outcome, WorkerId};
-use crate::reader::FrameReader;
 use crate::reply::ReplyTo;
+use rpc_transport::FrameReader;
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {

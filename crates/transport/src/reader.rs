@@ -1,4 +1,7 @@
+use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -17,7 +20,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// `FramedRead` keeps an 8 KiB buffer per connection forever; with tens of
 /// thousands of mostly idle clients that is most of a proxy's memory. Here
 /// the buffer is allocated when the socket becomes readable and released
-/// once everything read has been handed out as frames.
+/// once everything read has been handed out as frames. Reads go through
+/// `poll_read`, so a short read (the socket is drained) clears readiness:
+/// a batch costs one `recv`, not one plus an `EAGAIN`.
 pub struct FrameReader {
     io: ReadHalf,
     buf: BytesMut,
@@ -53,37 +58,29 @@ impl FrameReader {
         self.partial_since = None;
     }
 
-    /// Waits for the socket, bounded by the frame timeout while a frame is
-    /// partly buffered.
-    async fn wait_readable(&mut self) -> Result<(), FrameError> {
-        match self.frame_timeout {
-            Some(limit) => {
-                let since = *self.partial_since.get_or_insert_with(Instant::now);
-                match tokio::time::timeout_at(since + limit, self.io.readable()).await {
-                    Ok(r) => r.map_err(Into::into),
-                    Err(_) => Err(FrameError::Incomplete(limit)),
-                }
-            }
-            None => self.io.readable().await.map_err(Into::into),
-        }
-    }
-
-    /// Bytes read but not yet returned as a frame (e.g. the start of an
-    /// oversized frame, to read its header for an error reply).
+    /// Bytes read but not yet returned as a frame (the start of the frame
+    /// being received, if any).
     pub fn buffered(&self) -> &[u8] {
         &self.buf
     }
 
-    /// The next frame; `None` at a clean end of stream.
+    /// The next frame already in the buffer, without reading the socket.
+    pub fn next_buffered(&mut self) -> Option<Result<BytesMut, FrameError>> {
+        match self.codec.decode(&mut self.buf) {
+            Ok(Some(frame)) => {
+                self.partial_since = None;
+                Some(Ok(frame))
+            }
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// The next frame; `None` at a clean end of stream. Cancel-safe.
     pub async fn next(&mut self) -> Option<Result<BytesMut, FrameError>> {
         loop {
-            match self.codec.decode(&mut self.buf) {
-                Ok(Some(frame)) => {
-                    self.partial_since = None;
-                    return Some(Ok(frame));
-                }
-                Ok(None) => {}
-                Err(e) => return Some(Err(e)),
+            if let Some(r) = self.next_buffered() {
+                return Some(r);
             }
             if self.buf.is_empty() {
                 // Drop the (possibly shared) tail so idle costs nothing.
@@ -92,14 +89,20 @@ impl FrameReader {
                     return Some(Err(e.into()));
                 }
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
-            }
-            match self.io.try_read_buf(&mut self.buf) {
-                Ok(0) => {
-                    if self.buf.is_empty() {
-                        return None;
+            let filled = match (self.frame_timeout, self.buf.is_empty()) {
+                (Some(limit), false) => {
+                    let since = *self.partial_since.get_or_insert_with(Instant::now);
+                    let fill = poll_fn(|cx| self.poll_fill(cx));
+                    match tokio::time::timeout_at(since + limit, fill).await {
+                        Ok(r) => r,
+                        Err(_) => return Some(Err(FrameError::Incomplete(limit))),
                     }
+                }
+                _ => poll_fn(|cx| self.poll_fill(cx)).await,
+            };
+            match filled {
+                Ok(0) if self.buf.is_empty() => return None,
+                Ok(0) => {
                     let e = io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "connection closed inside a frame",
@@ -107,16 +110,17 @@ impl FrameReader {
                     return Some(Err(e.into()));
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !self.buf.is_empty() {
-                        if let Err(e) = self.wait_readable().await {
-                            return Some(Err(e));
-                        }
-                    }
-                }
                 Err(e) => return Some(Err(e.into())),
             }
         }
+    }
+
+    /// One read into the buffer's free space.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 }
 
