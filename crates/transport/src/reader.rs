@@ -64,6 +64,11 @@ impl FrameReader {
         &self.buf
     }
 
+    /// Bytes the read buffer holds (0 while the connection is idle).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// The next frame already in the buffer, without reading the socket.
     pub fn next_buffered(&mut self) -> Option<Result<BytesMut, FrameError>> {
         match self.codec.decode(&mut self.buf) {
@@ -115,12 +120,18 @@ impl FrameReader {
         }
     }
 
-    /// One read into the buffer's free space.
+    /// One read into the buffer's free space. A read that would block on
+    /// an empty buffer gives the buffer back (readiness can be reported
+    /// for a socket with nothing to read, e.g. just after accept).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        let r = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf);
+        if r.is_pending() && self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        r
     }
 }
 
@@ -129,6 +140,25 @@ mod tests {
     use super::*;
     use crate::{Address, Listener, Stream};
     use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_buffer() {
+        let l = Listener::bind(&Address::Tcp("127.0.0.1:0".into()))
+            .await
+            .unwrap();
+        let mut c = Stream::connect(&l.local_address()).await.unwrap();
+        let (r, _w) = l.accept().await.unwrap().into_split();
+        let mut reader = FrameReader::new(r, FrameCodec::default());
+        // Never connected-and-idle, then idle after a frame.
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(50), reader.next()).await;
+        assert!(idle.is_err());
+        assert_eq!(reader.capacity(), 0);
+        c.write_all(&[0, 0, 0, 1, 7]).await.unwrap();
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], &[0, 0, 0, 1, 7]);
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(50), reader.next()).await;
+        assert!(idle.is_err());
+        assert_eq!(reader.capacity(), 0);
+    }
 
     #[tokio::test]
     async fn reads_frames_split_across_writes_and_reports_eof() {
