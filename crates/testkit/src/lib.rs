@@ -1,9 +1,17 @@
-//! Test-only helpers shared by the workspace's integration tests.
+//! Test-only helpers shared by the workspace's integration tests: a raw
+//! framed [`Peer`], an in-memory [`MemRegistry`], bounded waits, and a
+//! throwaway ZooKeeper.
 //!
 //! [`ZkServer`] runs a real, throwaway ZooKeeper (Debian's `zookeeper`
 //! package) on a free loopback port with a temporary data directory. It can
 //! be stopped and restarted on the same port and data to test what clients
 //! do while ZooKeeper is away.
+
+mod memory;
+mod peer;
+
+pub use memory::MemRegistry;
+pub use peer::{exception_text, Peer};
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -14,6 +22,22 @@ use std::time::{Duration, Instant};
 /// Where the Debian package puts the server and its configuration; a
 /// different install can be named with `ZOOKEEPER_CLASSPATH`.
 const DEBIAN_CLASSPATH: &str = "/usr/share/java/zookeeper.jar:/etc/zookeeper/conf";
+
+/// Upper bound for any single expected event in a test.
+pub const STEP: Duration = Duration::from_secs(5);
+
+/// Polls `cond` every 10 ms until it holds, failing the test with `what`
+/// after [`STEP`].
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 /// A free TCP port on 127.0.0.1 (bound then released, so it is free now).
 pub fn free_port() -> u16 {

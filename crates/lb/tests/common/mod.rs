@@ -1,8 +1,7 @@
 //! Real sockets on loopback: a raw framed client, a worker written from
 //! SPEC §5 alone, and an in-memory registry.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,71 +10,10 @@ use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use rpc_codec::{encode_message, FrameCodec, Message, MessageType};
 use rpc_config::Config;
-use rpc_registry::{Endpoint, Registration, Registry, RegistryError, ServiceMap};
 use rpc_transport::{Address, Stream};
-use tokio::sync::{mpsc, watch, Semaphore};
-use tokio_util::codec::Framed;
+use tokio::sync::{mpsc, Semaphore};
 
-/// Upper bound for any single expected event.
-pub const STEP: Duration = Duration::from_secs(5);
-
-// === Client (stands in for a proxy) ===
-
-pub struct Client {
-    io: Framed<Stream, FrameCodec>,
-}
-
-impl Client {
-    pub async fn connect(addr: &Address) -> Client {
-        Client {
-            io: Framed::new(
-                Stream::connect(addr).await.expect("connect"),
-                FrameCodec::default(),
-            ),
-        }
-    }
-
-    pub async fn send(&mut self, kind: MessageType, name: &str, seqid: i32, body: &[u8]) {
-        self.io
-            .send(encode_message(kind, name.as_bytes(), seqid, body).freeze())
-            .await
-            .unwrap();
-    }
-
-    pub async fn send_raw(&mut self, raw: &[u8]) {
-        use tokio::io::AsyncWriteExt;
-        self.io.get_mut().write_all(raw).await.unwrap();
-    }
-
-    /// Next message, or `None` once the LB closed the connection.
-    pub async fn recv(&mut self) -> Option<Message> {
-        let frame = tokio::time::timeout(STEP, self.io.next())
-            .await
-            .expect("reply in time")?;
-        Some(Message::parse(frame.ok()?).expect("well-formed reply"))
-    }
-
-    pub async fn call(&mut self, name: &str, seqid: i32, body: &[u8]) -> Message {
-        self.send(MessageType::Call, name, seqid, body).await;
-        self.recv().await.expect("connection open")
-    }
-
-    /// Receives `n` replies (in whatever order) keyed by seqid.
-    pub async fn recv_n(&mut self, n: usize) -> BTreeMap<i32, Message> {
-        let mut out = BTreeMap::new();
-        for _ in 0..n {
-            let m = self.recv().await.expect("connection open");
-            assert!(out.insert(m.seqid(), m).is_none(), "duplicate seqid");
-        }
-        out
-    }
-}
-
-pub fn exception_text(m: &Message) -> (i32, String) {
-    assert_eq!(m.kind(), MessageType::Exception, "expected an exception");
-    let e = rpc_codec::read_application_exception(m.body()).unwrap();
-    (e.kind, e.message)
-}
+pub use rpc_testkit::{eventually, exception_text, MemRegistry, Peer as Client, STEP};
 
 // === Worker, from SPEC §5 ===
 
@@ -242,55 +180,6 @@ async fn answer(msg: &Message, tag: &str, st: &WorkerState) -> BytesMut {
 
 // === Registry ===
 
-/// In-memory registry: what the LB registers is visible to a proxy
-/// watching the same instance.
-#[derive(Clone)]
-pub struct MemRegistry {
-    map: Arc<watch::Sender<Arc<ServiceMap>>>,
-}
-
-impl MemRegistry {
-    pub fn new() -> MemRegistry {
-        MemRegistry {
-            map: Arc::new(watch::channel(Arc::new(BTreeMap::new())).0),
-        }
-    }
-
-    pub fn endpoints(&self, service: &str) -> Vec<Endpoint> {
-        self.map.borrow().get(service).cloned().unwrap_or_default()
-    }
-}
-
-#[async_trait::async_trait]
-impl Registry for MemRegistry {
-    async fn register(&self, endpoint: Endpoint) -> Result<Registration, RegistryError> {
-        let map = self.map.clone();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel();
-        map.send_modify(|m| {
-            let v = Arc::make_mut(m)
-                .entry(endpoint.service.clone())
-                .or_default();
-            v.retain(|e| e.service_id != endpoint.service_id);
-            v.push(endpoint.clone());
-        });
-        let task = tokio::spawn(async move {
-            let _ = stop_rx.await;
-            map.send_modify(|m| {
-                if let Some(v) = Arc::make_mut(m).get_mut(&endpoint.service) {
-                    v.retain(|e| e.service_id != endpoint.service_id);
-                }
-            });
-        });
-        Ok(Registration::new(stop, task))
-    }
-
-    async fn watch(&self) -> Result<watch::Receiver<Arc<ServiceMap>>, RegistryError> {
-        Ok(self.map.subscribe())
-    }
-}
-
-// === LB ===
-
 /// An LB config on loopback ports chosen by the kernel; `extra` holds
 /// config.ini lines that override the defaults.
 pub fn lb_config(extra: &str) -> Config {
@@ -319,15 +208,4 @@ pub async fn workers(lb: &rpc_lb::LbHandle, tags: &[&str], pool_size: usize) -> 
         eventually("worker counted", || lb.stats().workers == i + 1).await;
     }
     out
-}
-
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + STEP;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }

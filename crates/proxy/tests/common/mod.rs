@@ -1,6 +1,6 @@
 //! Real sockets on loopback: a raw framed client, a scriptable endpoint
 //! that speaks SPEC §4, and an in-memory registry for logic tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,55 +16,7 @@ use rpc_transport::{Address, Listener, Stream};
 use tokio::sync::watch;
 use tokio_util::codec::Framed;
 
-pub const STEP: Duration = Duration::from_secs(5);
-
-// === Client ===
-
-pub struct Client {
-    io: Framed<Stream, FrameCodec>,
-}
-
-impl Client {
-    pub async fn connect(addr: &Address) -> Client {
-        Client {
-            io: Framed::new(
-                Stream::connect(addr).await.expect("connect"),
-                FrameCodec::default(),
-            ),
-        }
-    }
-
-    pub async fn send(&mut self, kind: MessageType, name: &str, seqid: i32, body: &[u8]) {
-        self.io
-            .send(encode_message(kind, name.as_bytes(), seqid, body).freeze())
-            .await
-            .unwrap();
-    }
-
-    pub async fn send_raw(&mut self, raw: &[u8]) {
-        use tokio::io::AsyncWriteExt;
-        self.io.get_mut().write_all(raw).await.unwrap();
-    }
-
-    /// Next message, or `None` once the proxy closed the connection.
-    pub async fn recv(&mut self) -> Option<Message> {
-        let frame = tokio::time::timeout(STEP * 3, self.io.next())
-            .await
-            .expect("reply in time")?;
-        Some(Message::parse(frame.ok()?).expect("well-formed reply"))
-    }
-
-    pub async fn call(&mut self, name: &str, seqid: i32, body: &[u8]) -> Message {
-        self.send(MessageType::Call, name, seqid, body).await;
-        self.recv().await.expect("connection open")
-    }
-}
-
-pub fn exception_text(m: &Message) -> (i32, String) {
-    assert_eq!(m.kind(), MessageType::Exception, "expected an exception");
-    let e = rpc_codec::read_application_exception(m.body()).unwrap();
-    (e.kind, e.message)
-}
+pub use rpc_testkit::{eventually, exception_text, MemRegistry, Peer as Client, STEP};
 
 // === Endpoint ===
 
@@ -212,54 +164,6 @@ async fn serve_endpoint(
 
 // === Registry ===
 
-/// In-memory registry for tests of routing logic (the real backends have
-/// their own conformance suite and the discovery tests use ZooKeeper).
-#[derive(Clone)]
-pub struct MemRegistry {
-    map: Arc<watch::Sender<Arc<ServiceMap>>>,
-}
-
-impl MemRegistry {
-    pub fn new() -> MemRegistry {
-        MemRegistry {
-            map: Arc::new(watch::channel(Arc::new(BTreeMap::new())).0),
-        }
-    }
-
-    pub fn set(&self, service: &str, endpoints: Vec<Endpoint>) {
-        self.map.send_modify(|m| {
-            Arc::make_mut(m).insert(service.to_string(), endpoints);
-        });
-    }
-}
-
-#[async_trait::async_trait]
-impl Registry for MemRegistry {
-    async fn register(&self, endpoint: Endpoint) -> Result<Registration, RegistryError> {
-        let map = self.map.clone();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel();
-        map.send_modify(|m| {
-            Arc::make_mut(m)
-                .entry(endpoint.service.clone())
-                .or_default()
-                .push(endpoint.clone())
-        });
-        let task = tokio::spawn(async move {
-            let _ = stop_rx.await;
-            map.send_modify(|m| {
-                if let Some(v) = Arc::make_mut(m).get_mut(&endpoint.service) {
-                    v.retain(|e| e.service_id != endpoint.service_id);
-                }
-            });
-        });
-        Ok(Registration::new(stop, task))
-    }
-
-    async fn watch(&self) -> Result<watch::Receiver<Arc<ServiceMap>>, RegistryError> {
-        Ok(self.map.subscribe())
-    }
-}
-
 // === Proxy ===
 
 pub fn test_config(extra: &str) -> Config {
@@ -279,15 +183,4 @@ pub async fn start_proxy(
         .expect("proxy starts");
     let addr = proxy.addresses()[0].clone();
     (proxy, addr)
-}
-
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + STEP;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
