@@ -1,6 +1,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use tracing_appender::non_blocking::WorkerGuard;
+
+use crate::{init_logging, Config, ConfigError};
 
 /// Flags shared by `rpc-proxy`, `rpc-lb` and services built on the SDK.
 /// Both the original's spellings (`--log_level`) and kebab-case work.
@@ -24,4 +27,21 @@ pub struct CommonArgs {
     /// Address for the metrics/profile HTTP endpoint (overrides config).
     #[arg(long = "profile-address", alias = "profile_address")]
     pub profile_address: Option<String>,
+}
+
+impl CommonArgs {
+    /// What every binary does first: switch to `--work-dir`, start logging
+    /// (keep the guard for the life of the process), and read `-c` if
+    /// given.
+    pub fn prepare(&self) -> Result<(Option<Config>, Option<WorkerGuard>), ConfigError> {
+        if let Some(dir) = &self.work_dir {
+            std::env::set_current_dir(dir).map_err(|source| ConfigError::WorkDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let log = init_logging(&self.log_level, self.log_file.as_deref());
+        let config = self.config.as_deref().map(Config::load).transpose()?;
+        Ok((config, log))
+    }
 }

@@ -23,6 +23,11 @@ pub enum ConfigError {
     },
     #[error("missing `{0}`")]
     Missing(&'static str),
+    #[error("cannot switch to the working directory {path}: {source}")]
+    WorkDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Where endpoints are registered and discovered.

@@ -63,14 +63,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(dir) = &args.common.work_dir {
-        std::env::set_current_dir(dir)?;
-    }
-    let _log = rpc_config::init_logging(&args.common.log_level, args.common.log_file.as_deref());
-    let config = match &args.common.config {
-        Some(path) => Some(Config::load(path)?),
-        None => None,
-    };
+    let (config, _log) = args.common.prepare()?;
     rpc_bench::raise_nofile_limit();
     let rt = rpc_bench::runtime(args.threads)?;
     rt.block_on(async move {

@@ -1,7 +1,7 @@
 //! `rpc-proxy -c config.ini`: the local proxy every application talks to.
 
 use clap::Parser;
-use rpc_config::{CommonArgs, Config};
+use rpc_config::CommonArgs;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -19,14 +19,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(dir) = &args.common.work_dir {
-        std::env::set_current_dir(dir)?;
-    }
-    let _log = rpc_config::init_logging(&args.common.log_level, args.common.log_file.as_deref());
-    let mut config = match &args.common.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let (config, _log) = args.common.prepare()?;
+    let mut config = config.unwrap_or_default();
     if let Some(addr) = &args.common.profile_address {
         config.metrics_address = Some(addr.clone());
     }
