@@ -11,12 +11,11 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use rpc_codec::{heartbeat, FrameCodec, Message, MessageType};
-use rpc_transport::{Address, FrameWriter, Stream};
+use rpc_transport::{Address, FrameReader, FrameWriter, Stream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout, Instant};
-use tokio_util::codec::FramedRead;
 
 /// What becomes of a request handed to a backend connection.
 #[derive(Debug)]
@@ -323,7 +322,7 @@ async fn serve(
     s: &BackendSettings,
 ) -> End {
     let (r, w) = stream.into_split();
-    let mut reader = FramedRead::new(r, FrameCodec::new(s.max_frame));
+    let mut reader = FrameReader::new(r, FrameCodec::new(s.max_frame));
     let mut writer = FrameWriter::new(w);
     let mut pending = PendingMap::default();
     let mut next_seqid: i32 = 0;

@@ -273,10 +273,7 @@ impl Slots {
             }
             MessageType::Oneway => {
                 self.refresh_routes();
-                let service = msg.service().unwrap_or_default();
-                let service = std::str::from_utf8(service).unwrap_or("").to_owned();
-                msg.strip_service();
-                forward::oneway(&self.routes, &service, msg);
+                forward::oneway(&self.routes, msg);
             }
             MessageType::Heartbeat => {
                 let reply = heartbeat_reply(seqid).freeze();

@@ -50,16 +50,19 @@ pub fn dispatch(routes: &Routes, service: &str, mut job: Job, first: bool) -> Re
     Err(Refused::NoEndpoint)
 }
 
-/// Sends a ONEWAY message; nothing is ever answered.
-pub fn oneway(routes: &Routes, service: &str, msg: Message) {
+/// Sends a ONEWAY message (name still `service:method`); nothing is ever
+/// answered.
+pub fn oneway(routes: &Routes, mut msg: Message) {
+    let service = msg.service().and_then(|s| std::str::from_utf8(s).ok());
+    let Some(pool) = service.and_then(|s| routes.services.get(s)).cloned() else {
+        let name = String::from_utf8_lossy(msg.name());
+        tracing::warn!(%name, "oneway call dropped: unknown service");
+        return;
+    };
+    pool.requests.inc();
+    msg.strip_service();
     let mut job = Job { msg, reply: None };
-    if let Some(pool) = routes.services.get(service) {
-        pool.requests.inc();
-    }
     for _ in 0..MAX_REROUTES {
-        let Some(pool) = routes.services.get(service) else {
-            break;
-        };
         let Some(backend) = pool.balancer.pick(&pool.backends) else {
             break;
         };
@@ -68,7 +71,8 @@ pub fn oneway(routes: &Routes, service: &str, msg: Message) {
             Err(back) => job = back,
         }
     }
-    tracing::warn!(%service, "oneway call dropped: no live endpoint");
+    let name = String::from_utf8_lossy(job.msg.name());
+    tracing::warn!(method = %name, "oneway call dropped: no live endpoint");
 }
 
 /// The error replies, worded as the original's (clients match on them).
