@@ -78,7 +78,12 @@ async fn endpoints_are_discovered_shared_and_deregistered() {
     })
     .await;
     reg_a.deregister().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The calls in flight on a complete (they take 300 ms, time enough for
+    // the removal to reach the proxy); then a, idle, must get nothing new.
+    for _ in 0..6 {
+        let r = slow.recv().await.unwrap();
+        assert_eq!((r.kind(), r.body()), (MessageType::Reply, &b"inflight"[..]));
+    }
     let after = a.calls.load(Ordering::SeqCst);
     for i in 0..50 {
         assert_eq!(c.call("echo:tag", 1000 + i, b"").await.body(), b"b");
@@ -88,10 +93,6 @@ async fn endpoints_are_discovered_shared_and_deregistered() {
         after,
         "no new request reached the deregistered endpoint"
     );
-    for _ in 0..6 {
-        let r = slow.recv().await.unwrap();
-        assert_eq!((r.kind(), r.body()), (MessageType::Reply, &b"inflight"[..]));
-    }
     drop(reg_b);
 }
 
@@ -167,7 +168,7 @@ async fn zookeeper_outage_loses_no_request_and_recovery_sees_new_endpoints() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("traffic flowing", || calls.load(Ordering::SeqCst) > 20).await;
     zk.stop();
     // Longer than the proxy's 4 s session: the session expires meanwhile.
     tokio::time::sleep(Duration::from_secs(6)).await;

@@ -135,8 +135,9 @@ mod suite {
         })
         .await;
         r_old.deregister().await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let m = rx.borrow().clone();
+        // Deregistration is done when it returns; a fresh (complete) view
+        // shows what it left.
+        let m = b.open("test").await.watch().await.unwrap().borrow().clone();
         assert_eq!(m["echo"][0].deploy_path, "/srv/echo-v2");
     }
 }

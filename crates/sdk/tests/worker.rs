@@ -168,7 +168,7 @@ async fn redials_after_the_lb_restarts() {
     // The LB dies: listener and connection go.
     drop(c);
     drop(l);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("the worker saw the LB go", || !w.is_connected()).await;
     let l = Listener::bind(&addr).await.expect("same port again");
     let mut c = accept(&l).await;
     assert_eq!(c.call("echo", 1, b"back").await.body(), b"back");
