@@ -10,6 +10,7 @@ mod control;
 mod error;
 mod frame;
 mod message;
+mod name;
 mod tstruct;
 
 pub use control::{
@@ -19,4 +20,5 @@ pub use control::{
 pub use error::{FrameError, ProtocolError};
 pub use frame::{FrameCodec, DEFAULT_MAX_FRAME, LEN_PREFIX};
 pub use message::{Header, Message, MessageType};
+pub use name::NameBuf;
 pub use tstruct::{read_application_exception, ApplicationException};

@@ -7,44 +7,10 @@
 //! through it; a `ReplyTo` dropped unanswered sends a failure itself, so the
 //! connection never waits for an answer that cannot come.
 
-use rpc_codec::Message;
+use rpc_codec::{Message, NameBuf};
 use tokio::sync::mpsc;
 
 use crate::dispatch::Outcome;
-
-/// A method name kept for error texts, inline when short.
-#[derive(Debug, Clone)]
-pub enum Method {
-    Inline {
-        len: u8,
-        bytes: [u8; Method::INLINE],
-    },
-    Heap(Box<[u8]>),
-}
-
-impl Method {
-    const INLINE: usize = 38;
-
-    pub fn new(name: &[u8]) -> Method {
-        if name.len() <= Self::INLINE {
-            let mut bytes = [0; Self::INLINE];
-            bytes[..name.len()].copy_from_slice(name);
-            Method::Inline {
-                len: name.len() as u8,
-                bytes,
-            }
-        } else {
-            Method::Heap(name.into())
-        }
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            Method::Inline { len, bytes } => &bytes[..*len as usize],
-            Method::Heap(b) => b,
-        }
-    }
-}
 
 /// What travels back to a proxy connection.
 #[derive(Debug)]
@@ -60,7 +26,7 @@ pub struct Failure {
     /// Never [`Outcome::Reply`].
     pub outcome: Outcome,
     pub seqid: i32,
-    pub method: Method,
+    pub method: NameBuf,
 }
 
 pub type AnswerTx = mpsc::UnboundedSender<Answer>;
@@ -73,7 +39,7 @@ pub struct ReplyTo {
     tx: AnswerTx,
     /// The caller's seqid, restored on the reply.
     seqid: i32,
-    method: Method,
+    method: NameBuf,
     done: bool,
 }
 
@@ -82,7 +48,7 @@ impl ReplyTo {
         ReplyTo {
             tx,
             seqid,
-            method: Method::new(method),
+            method: NameBuf::new(method),
             done: false,
         }
     }
@@ -113,7 +79,7 @@ impl ReplyTo {
         let failure = Failure {
             outcome,
             seqid: self.seqid,
-            method: std::mem::replace(&mut self.method, Method::Heap(Box::default())),
+            method: std::mem::replace(&mut self.method, NameBuf::Heap(Box::default())),
         };
         let _ = self.tx.send(Answer::Error(Box::new(failure)));
     }
@@ -126,7 +92,7 @@ impl Drop for ReplyTo {
             let failure = Failure {
                 outcome: Outcome::Failed("the LB is stopping".into()),
                 seqid: self.seqid,
-                method: std::mem::replace(&mut self.method, Method::Heap(Box::default())),
+                method: std::mem::replace(&mut self.method, NameBuf::Heap(Box::default())),
             };
             let _ = self.tx.send(Answer::Error(Box::new(failure)));
         }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use rpc_codec::{
     application_exception, heartbeat_reply, ExceptionKind, FrameCodec, FrameError, Header, Message,
-    MessageType,
+    MessageType, NameBuf,
 };
 use rpc_transport::{FrameReader, FrameWriter, Stream};
 use tokio::sync::{mpsc, watch};
@@ -182,7 +182,7 @@ struct Slot {
     reroutes: u8,
     /// The name as the client sent it (`service:method`), for routing
     /// again and for error replies.
-    name: Name,
+    name: NameBuf,
     state: State,
 }
 
@@ -265,7 +265,7 @@ impl Slots {
                     client_seqid: seqid,
                     deadline,
                     reroutes: 0,
-                    name: Name::new(msg.name()),
+                    name: NameBuf::new(msg.name()),
                     state: State::Waiting,
                 });
                 msg.strip_service();
@@ -422,38 +422,8 @@ fn done(deadline: Instant, seqid: i32, frame: Bytes) -> Slot {
         client_seqid: seqid,
         deadline,
         reroutes: 0,
-        name: Name::new(b""),
+        name: NameBuf::new(b""),
         state: State::Done(Some(frame)),
-    }
-}
-
-/// A message name kept inline when short (almost always), so a request
-/// costs no allocation for it.
-enum Name {
-    Inline { len: u8, buf: [u8; 46] },
-    Heap(Box<[u8]>),
-}
-
-impl Name {
-    fn new(bytes: &[u8]) -> Name {
-        let mut buf = [0u8; 46];
-        match buf.get_mut(..bytes.len()) {
-            Some(dst) => {
-                dst.copy_from_slice(bytes);
-                Name::Inline {
-                    len: bytes.len() as u8,
-                    buf,
-                }
-            }
-            None => Name::Heap(bytes.into()),
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Name::Inline { len, buf } => &buf[..*len as usize],
-            Name::Heap(b) => b,
-        }
     }
 }
 
