@@ -55,8 +55,7 @@ pub async fn serve(
     let mut reader = FrameReader::new(r, FrameCodec::new(settings.max_frame))
         .with_frame_timeout(settings.frame_timeout);
     let mut writer = FrameWriter::new(w);
-    let (reply_tx, mut replies) = mpsc::unbounded_channel();
-    let mut q = Slots::new(routes, reply_tx, settings.metrics.clone());
+    let mut q = Slots::new(routes, settings.metrics.clone());
     // Set when reading must stop: the final frame to send after the
     // replies already owed (a protocol error), if any.
     let mut closing: Option<Option<Bytes>> = None;
@@ -93,9 +92,9 @@ pub async fn serve(
         }
         tokio::select! {
             biased;
-            Some((slot, outcome)) = replies.recv() => {
+            Some((slot, outcome)) = recv_reply(&mut q.replies) => {
                 q.complete(slot, outcome);
-                while let Ok((slot, outcome)) = replies.try_recv() {
+                while let Some((slot, outcome)) = q.replies.as_mut().and_then(|r| r.try_recv().ok()) {
                     q.complete(slot, outcome);
                 }
             }
@@ -222,16 +221,16 @@ struct Slots {
     connecting: usize,
     routes_rx: watch::Receiver<Arc<Routes>>,
     routes: Arc<Routes>,
-    reply_tx: mpsc::UnboundedSender<(u64, Outcome)>,
+    /// The reply channel, made on the first routed request: a channel
+    /// allocates its first block of slots up front (about 2 KiB), which
+    /// a connection that never sends a call should not pay for.
+    reply_tx: Option<mpsc::UnboundedSender<(u64, Outcome)>>,
+    replies: Option<mpsc::UnboundedReceiver<(u64, Outcome)>>,
     metrics: Arc<Metrics>,
 }
 
 impl Slots {
-    fn new(
-        mut routes_rx: watch::Receiver<Arc<Routes>>,
-        reply_tx: mpsc::UnboundedSender<(u64, Outcome)>,
-        metrics: Arc<Metrics>,
-    ) -> Slots {
+    fn new(mut routes_rx: watch::Receiver<Arc<Routes>>, metrics: Arc<Metrics>) -> Slots {
         let routes = routes_rx.borrow_and_update().clone();
         Slots {
             slots: VecDeque::new(),
@@ -239,9 +238,19 @@ impl Slots {
             connecting: 0,
             routes_rx,
             routes,
-            reply_tx,
+            reply_tx: None,
+            replies: None,
             metrics,
         }
+    }
+
+    fn reply_tx(&mut self) -> mpsc::UnboundedSender<(u64, Outcome)> {
+        if self.reply_tx.is_none() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.reply_tx = Some(tx);
+            self.replies = Some(rx);
+        }
+        self.reply_tx.clone().expect("just made")
     }
 
     /// The latest routing table (an atomic version check when unchanged).
@@ -294,13 +303,11 @@ impl Slots {
     fn route(&mut self, idx: usize, msg: Message, first: bool) {
         self.refresh_routes();
         let id = self.base + idx as u64;
+        let tx = self.reply_tx();
         let slot = &mut self.slots[idx];
         let job = Job {
             msg,
-            reply: Some(ReplyTo {
-                tx: self.reply_tx.clone(),
-                slot: id,
-            }),
+            reply: Some(ReplyTo { tx, slot: id }),
         };
         let refused = match forward::dispatch(&self.routes, slot.service(), job, first) {
             Ok(()) => {
@@ -414,6 +421,16 @@ impl Slots {
                 writer.push(frame);
             }
         }
+    }
+}
+
+/// The next outcome on the reply channel; never, while there is none.
+async fn recv_reply(
+    replies: &mut Option<mpsc::UnboundedReceiver<(u64, Outcome)>>,
+) -> Option<(u64, Outcome)> {
+    match replies {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
