@@ -5,6 +5,8 @@ mod cli;
 mod ini;
 mod logging;
 mod process;
+#[cfg(feature = "status-page")]
+pub mod status_page;
 
 pub use cli::CommonArgs;
 pub use ini::{Balance, Config, ConfigError, Dispatch, RegistrySpec};

@@ -8,18 +8,14 @@
 //! (state, outstanding requests, latency) are read from the live routing
 //! table when scraped.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::{Html, IntoResponse};
-use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use rpc_config::status_page::{self, Cell, Dashboard, StatusPage};
 use tokio::sync::watch;
 
 use crate::backend::State as BackendState;
@@ -154,8 +150,7 @@ impl Metrics {
     }
 }
 
-#[derive(Clone)]
-struct Shared {
+struct Page {
     metrics: Arc<Metrics>,
     routes: watch::Receiver<Arc<Routes>>,
 }
@@ -166,25 +161,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     routes: watch::Receiver<Arc<Routes>>,
 ) {
-    let app = axum::Router::new()
-        .route("/metrics", get(prometheus))
-        .route("/status", get(status))
-        .route("/", get(dashboard))
-        .with_state(Shared { metrics, routes });
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::warn!(error = %e, "metrics endpoint stopped");
-    }
-}
-
-async fn prometheus(State(s): State<Shared>) -> impl IntoResponse {
-    let routes = s.routes.borrow().clone();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.render(&routes),
-    )
+    status_page::serve(listener, Arc::new(Page { metrics, routes })).await;
 }
 
 /// One row per endpoint of every service.
@@ -206,50 +183,43 @@ fn snapshot(routes: &Routes) -> Vec<serde_json::Value> {
     rows
 }
 
-async fn status(State(s): State<Shared>) -> impl IntoResponse {
-    let routes = s.routes.borrow().clone();
-    axum::Json(serde_json::json!({
-        "connections_open": s.metrics.open_connections.get(),
-        "connections_accepted": s.metrics.accepted.get(),
-        "endpoints": snapshot(&routes),
-    }))
-}
-
-async fn dashboard(State(s): State<Shared>) -> Html<String> {
-    let routes = s.routes.borrow().clone();
-    let mut html = String::from(
-        "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=2>\
-         <title>rpc-proxy</title><style>body{font:14px sans-serif;margin:2em}\
-         table{border-collapse:collapse}td,th{padding:4px 10px;border-bottom:1px solid #ddd;\
-         text-align:left}.Up{color:#080}.Down,.Closed{color:#b00}</style><h1>rpc-proxy</h1>",
-    );
-    let _ = write!(
-        html,
-        "<p>{} client connections open, {} accepted since start. \
-         <a href=/metrics>metrics</a> · <a href=/status>status (JSON)</a></p>\
-         <table><tr><th>service</th><th>endpoint</th><th>state</th>\
-         <th>outstanding</th><th>latency µs</th></tr>",
-        s.metrics.open_connections.get(),
-        s.metrics.accepted.get()
-    );
-    for row in snapshot(&routes) {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td class={state}>{state}</td><td>{}</td><td>{}</td></tr>",
-            escape(row["service"].as_str().unwrap_or("")),
-            escape(row["endpoint"].as_str().unwrap_or("")),
-            row["outstanding"],
-            row["latency_us"],
-            state = escape(row["state"].as_str().unwrap_or("")),
-        );
+impl StatusPage for Page {
+    fn metrics(&self) -> String {
+        let routes = self.routes.borrow().clone();
+        self.metrics.render(&routes)
     }
-    html.push_str("</table>");
-    Html(html)
-}
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    fn status(&self) -> serde_json::Value {
+        let routes = self.routes.borrow().clone();
+        serde_json::json!({
+            "connections_open": self.metrics.open_connections.get(),
+            "connections_accepted": self.metrics.accepted.get(),
+            "endpoints": snapshot(&routes),
+        })
+    }
+
+    fn dashboard(&self) -> String {
+        let routes = self.routes.borrow().clone();
+        let mut page = Dashboard::new(
+            "rpc-proxy",
+            ".Up{color:#080}.Down,.Closed{color:#b00}",
+            &format!(
+                "{} client connections open, {} accepted since start.",
+                self.metrics.open_connections.get(),
+                self.metrics.accepted.get()
+            ),
+        );
+        page.table(&["service", "endpoint", "state", "outstanding", "latency µs"]);
+        for row in snapshot(&routes) {
+            let text = |k: &str| Cell::Text(row[k].as_str().unwrap_or("").to_string());
+            page.row([
+                text("service"),
+                text("endpoint"),
+                Cell::State(row["state"].as_str().unwrap_or("").to_string()),
+                Cell::Text(row["outstanding"].to_string()),
+                Cell::Text(row["latency_us"].to_string()),
+            ]);
+        }
+        page.finish()
+    }
 }

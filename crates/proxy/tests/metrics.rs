@@ -6,20 +6,7 @@ use std::sync::Arc;
 
 use common::*;
 use rpc_codec::MessageType;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(STEP, s.read_to_string(&mut out))
-        .await
-        .expect("response in time")
-        .unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
+use rpc_testkit::http_get as get;
 
 #[tokio::test]
 async fn metrics_status_and_dashboard_show_traffic_and_endpoints() {
@@ -58,8 +45,7 @@ async fn metrics_status_and_dashboard_show_traffic_and_endpoints() {
         assert!(text.contains(&line), "{line} missing from:\n{text}");
     }
     let status = get(metrics, "/status").await;
-    let json = &status[status.find("\r\n\r\n").unwrap() + 4..];
-    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(v["endpoints"][0]["service"], "echo");
     assert_eq!(v["endpoints"][0]["state"], "Up");
     let page = get(metrics, "/").await;

@@ -39,6 +39,23 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The body of a `GET path` to an HTTP/1.1 server on `addr`, which must
+/// answer 200 within [`STEP`].
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("send request");
+    let mut out = String::new();
+    tokio::time::timeout(STEP, s.read_to_string(&mut out))
+        .await
+        .expect("response in time")
+        .expect("read response");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body = out.find("\r\n\r\n").expect("headers end") + 4;
+    out.split_off(body)
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released, so it is free now).
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
