@@ -21,6 +21,7 @@ use rpc_config::Dispatch;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
+use crate::metrics::{WorkerCounters, WorkerTotals};
 use crate::reply::ReplyTo;
 
 /// What becomes of a request handed to the dispatcher.
@@ -30,8 +31,11 @@ pub enum Outcome {
     Reply(Message),
     /// Written to a worker whose connection then failed.
     Failed(String),
-    /// The deadline passed while it waited in the queue; never sent.
+    /// The deadline passed before it was sent (waiting in the queue, or
+    /// handed to a worker task that had not written it yet).
     Expired,
+    /// Sent, and the worker did not answer by the deadline.
+    TimedOut,
     /// Not accepted (queue full); never sent.
     Rejected(String),
 }
@@ -70,6 +74,8 @@ struct Slot {
     inflight: usize,
     /// Cleared when the worker announced STOP.
     accepting: bool,
+    /// Written by the worker's task, read when scraped.
+    counters: Arc<WorkerCounters>,
 }
 
 struct Core {
@@ -79,6 +85,8 @@ struct Core {
     /// spreads equal loads across workers in least-loaded mode.
     next: usize,
     next_id: WorkerId,
+    /// Counters of the workers gone.
+    retired: WorkerTotals,
 }
 
 /// A snapshot for tests, logs and the status page.
@@ -89,6 +97,32 @@ pub struct Stats {
     /// Requests in flight, summed over workers.
     pub inflight: usize,
     pub queued: usize,
+}
+
+/// One worker as the status page shows it.
+#[derive(Debug, Clone)]
+pub struct WorkerView {
+    pub id: WorkerId,
+    pub peer: String,
+    /// Taking new requests (not stopping).
+    pub serving: bool,
+    pub capacity: usize,
+    pub inflight: usize,
+    pub served: u64,
+    pub heartbeats_sent: u64,
+    pub heartbeats_missed: u64,
+}
+
+/// Everything the status page reads from the dispatcher, taken at once.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub workers: Vec<WorkerView>,
+    pub queued: usize,
+    pub queue_limit: usize,
+    /// Worker connections accepted since start.
+    pub worker_connections: u64,
+    /// Counters of every worker, connected or gone.
+    pub totals: WorkerTotals,
 }
 
 pub struct Dispatcher {
@@ -120,6 +154,7 @@ impl Dispatcher {
                 queue: VecDeque::new(),
                 next: 0,
                 next_id: 1,
+                retired: WorkerTotals::default(),
             }),
             mode,
             per_worker,
@@ -146,6 +181,36 @@ impl Dispatcher {
             workers: core.workers.iter().filter(|w| w.accepting).count(),
             inflight: core.workers.iter().map(|w| w.inflight).sum(),
             queued: core.queue.len(),
+        }
+    }
+
+    /// For the status page (takes the lock once; never on the request path).
+    pub fn snapshot(&self) -> Snapshot {
+        let core = self.lock();
+        let mut totals = core.retired.clone();
+        let workers = core
+            .workers
+            .iter()
+            .map(|w| {
+                totals.add(&w.counters);
+                WorkerView {
+                    id: w.id,
+                    peer: w.counters.peer.clone(),
+                    serving: w.accepting,
+                    capacity: self.per_worker,
+                    inflight: w.inflight,
+                    served: w.counters.served.get(),
+                    heartbeats_sent: w.counters.heartbeats_sent.get(),
+                    heartbeats_missed: w.counters.heartbeats_missed.get(),
+                }
+            })
+            .collect();
+        Snapshot {
+            workers,
+            queued: core.queue.len(),
+            queue_limit: self.queue_size,
+            worker_connections: core.next_id - 1,
+            totals,
         }
     }
 
@@ -273,7 +338,12 @@ impl Dispatcher {
     }
 
     /// A worker connected: it starts taking jobs (queued ones first).
-    pub fn add_worker(&self, tx: mpsc::UnboundedSender<Job>) -> WorkerId {
+    /// `counters` are its task's, shown while it is connected.
+    pub fn add_worker(
+        &self,
+        tx: mpsc::UnboundedSender<Job>,
+        counters: Arc<WorkerCounters>,
+    ) -> WorkerId {
         let mut expired = Vec::new();
         let id = {
             let mut core = self.lock();
@@ -284,6 +354,7 @@ impl Dispatcher {
                 tx,
                 inflight: 0,
                 accepting: true,
+                counters,
             });
             self.publish(&core);
             self.pump(&mut core, &mut expired);
@@ -320,10 +391,14 @@ impl Dispatcher {
     }
 
     /// The worker is gone: it gets nothing more. Its unsent jobs follow
-    /// through [`Self::requeue`]; its written ones the caller fails.
+    /// through [`Self::requeue`]; its written ones the caller fails. Its
+    /// counters are final by now and join the totals.
     pub fn remove_worker(&self, id: WorkerId) {
         let mut core = self.lock();
-        core.workers.retain(|w| w.id != id);
+        if let Some(i) = core.workers.iter().position(|w| w.id == id) {
+            let gone = core.workers.remove(i);
+            core.retired.add(&gone.counters);
+        }
         self.publish(&core);
     }
 
@@ -418,8 +493,8 @@ mod tests {
         let d = Dispatcher::new(Dispatch::LeastLoaded, 2, 100, 2);
         let (ta, mut a) = mpsc::unbounded_channel();
         let (tb, mut b) = mpsc::unbounded_channel();
-        let ia = d.add_worker(ta);
-        let ib = d.add_worker(tb);
+        let ia = d.add_worker(ta, Default::default());
+        let ib = d.add_worker(tb, Default::default());
         let mut keep = Vec::new();
         for i in 0..7 {
             let (j, rx) = job(i, LONG);
@@ -444,7 +519,7 @@ mod tests {
     async fn stale_queued_jobs_are_answered_not_sent() {
         let d = Dispatcher::new(Dispatch::LeastLoaded, 1, 100, 10);
         let (ta, mut a) = mpsc::unbounded_channel();
-        let ia = d.add_worker(ta);
+        let ia = d.add_worker(ta, Default::default());
         let (j0, _r0) = job(0, LONG);
         let (j1, mut r1) = job(1, Duration::from_millis(1));
         let (j2, r2) = job(2, LONG);
@@ -480,7 +555,7 @@ mod tests {
         let mut count = d.accepting_workers();
         let (ta, mut a) = mpsc::unbounded_channel();
         let (tb, mut b) = mpsc::unbounded_channel();
-        let ia = d.add_worker(ta);
+        let ia = d.add_worker(ta, Default::default());
         assert_eq!(*count.borrow_and_update(), 1);
         let (j, _r) = job(1, LONG);
         d.submit(j);
@@ -493,7 +568,7 @@ mod tests {
         let unsent: Vec<Job> = std::iter::from_fn(|| a.try_recv().ok()).collect();
         d.requeue(ia, unsent);
         assert_eq!(d.stats().queued, 2);
-        let ib = d.add_worker(tb);
+        let ib = d.add_worker(tb, Default::default());
         assert_eq!(drain(&mut b), vec![1, 2]);
         d.remove_worker(ia);
         d.remove_worker(ib);
@@ -508,8 +583,8 @@ mod tests {
         let d = Dispatcher::new(Dispatch::RoundRobin, 1, 3, 10);
         let (ta, mut a) = mpsc::unbounded_channel();
         let (tb, mut b) = mpsc::unbounded_channel();
-        d.add_worker(ta);
-        d.add_worker(tb);
+        d.add_worker(ta, Default::default());
+        d.add_worker(tb, Default::default());
         let mut keep = Vec::new();
         for i in 0..8 {
             let (j, rx) = job(i, LONG);

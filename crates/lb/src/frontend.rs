@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::dispatch::{Dispatcher, Job, Outcome};
+use crate::metrics::{Ending, Metrics, Tally};
 use crate::reply::{Answer, AnswerTx, ReplyTo};
 use rpc_transport::FrameReader;
 
@@ -28,6 +29,7 @@ pub struct FrontSettings {
     pub max_inflight: usize,
     pub rpc_timeout: Duration,
     pub frame_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 /// When the last request arrived, for the quiet period of a graceful stop.
@@ -89,6 +91,8 @@ pub async fn serve(
     // Set when reading must stop: the final frame to send once the replies
     // already owed are out (a protocol error), if any.
     let mut closing: Option<Option<Bytes>> = None;
+    // How this wake-up's requests ended; added to the shared counters once.
+    let mut tally = Tally::default();
     let stop = crate::until(&mut shutdown, |s| *s);
     tokio::pin!(stop);
     let mut stop_seen = false;
@@ -108,17 +112,18 @@ pub async fn serve(
         tokio::select! {
             biased;
             Some(answer) = answers.recv(), if inflight > 0 => {
-                writer.push(frame_of(answer, &settings.service));
+                writer.push(frame_of(answer, &settings.service, &mut tally));
                 inflight -= 1;
                 while inflight > 0 {
                     match answers.try_recv() {
                         Ok(answer) => {
-                            writer.push(frame_of(answer, &settings.service));
+                            writer.push(frame_of(answer, &settings.service, &mut tally));
                             inflight -= 1;
                         }
                         Err(_) => break,
                     }
                 }
+                settings.metrics.requests.add(&mut tally);
             }
             frame = reader.next(), if reading => {
                 // One clock reading for the whole batch.
@@ -130,7 +135,7 @@ pub async fn serve(
                         None => closing = Some(None),
                         Some(Ok(frame)) => match Message::parse_or_peek(frame) {
                             Ok(msg) => {
-                                if let Some(f) = request(msg, &tx, &settings, deadline, &mut jobs, &mut inflight) {
+                                if let Some(f) = request(msg, &tx, &settings, deadline, &mut jobs, &mut inflight, &mut tally) {
                                     writer.push(f);
                                 }
                             }
@@ -161,6 +166,7 @@ pub async fn serve(
                 if !jobs.is_empty() {
                     activity.touch(now);
                     dispatcher.submit_many(&mut jobs);
+                    settings.metrics.requests.add(&mut tally);
                 }
             }
             _ = &mut stop, if !stop_seen && closing.is_none() => {
@@ -182,11 +188,28 @@ pub async fn serve(
     let _ = writer.flush().await;
 }
 
-/// The frame an answer becomes.
-fn frame_of(a: Answer, service: &str) -> Bytes {
+/// The frame an answer becomes; counts how the request ended.
+fn frame_of(a: Answer, service: &str, tally: &mut Tally) -> Bytes {
     match a {
-        Answer::Reply(msg) => msg.into_bytes(),
-        Answer::Error(f) => answer(f.outcome, service, f.method.as_bytes(), f.seqid),
+        Answer::Reply(msg) => {
+            tally.count(if msg.kind() == MessageType::Exception {
+                Ending::Exception
+            } else {
+                Ending::Ok
+            });
+            msg.into_bytes()
+        }
+        Answer::Error(f) => {
+            tally.count(match &f.outcome {
+                Outcome::Reply(m) if m.kind() == MessageType::Exception => Ending::Exception,
+                Outcome::Reply(_) => Ending::Ok,
+                Outcome::Expired => Ending::TimeoutInQueue,
+                Outcome::TimedOut => Ending::Timeout,
+                Outcome::Rejected(_) => Ending::RejectedQueueFull,
+                Outcome::Failed(_) => Ending::WorkerLost,
+            });
+            answer(f.outcome, service, f.method.as_bytes(), f.seqid)
+        }
     }
 }
 
@@ -199,6 +222,7 @@ fn request(
     deadline: Instant,
     jobs: &mut Vec<Job>,
     inflight: &mut usize,
+    tally: &mut Tally,
 ) -> Option<Bytes> {
     match msg.kind() {
         MessageType::Call | MessageType::Oneway => {
@@ -208,6 +232,7 @@ fn request(
                 msg.strip_service();
             }
             let reply = if msg.kind() == MessageType::Oneway {
+                tally.count(Ending::Oneway);
                 None
             } else {
                 *inflight += 1;
@@ -240,7 +265,9 @@ fn answer(outcome: Outcome, service: &str, method: &[u8], seqid: i32) -> Bytes {
     let m = String::from_utf8_lossy(method);
     let text = match outcome {
         Outcome::Reply(reply) => return reply.into_bytes(),
-        Outcome::Expired => format!("Timeout Exception: {service}:{m} got no reply in time"),
+        Outcome::Expired | Outcome::TimedOut => {
+            format!("Timeout Exception: {service}:{m} got no reply in time")
+        }
         Outcome::Failed(cause) => format!("{service}:{m} failed: {cause}"),
         Outcome::Rejected(cause) => format!("{service}:{m} rejected: {cause}"),
     };

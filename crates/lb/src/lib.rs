@@ -13,10 +13,13 @@
 //! - [`worker`]: one worker connection: seqid rewrite, batching,
 //!   deadlines of the requests it wrote (one timer per connection),
 //!   heartbeats, lost-worker detection, STOP;
-//! - [`register`]: in the registry only while a worker is connected.
+//! - [`register`]: in the registry only while a worker is connected;
+//! - [`metrics`]: the status page on `metrics_address` (Prometheus,
+//!   JSON, dashboard) and the cheap counters behind it.
 
 pub mod dispatch;
 pub mod frontend;
+pub mod metrics;
 pub mod register;
 pub mod reply;
 pub mod server;

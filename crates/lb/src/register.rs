@@ -4,12 +4,15 @@
 //! without any worker, and comes back when one returns. A graceful stop
 //! removes it first of all.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rpc_registry::{Endpoint, Registration, Registry};
 use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
+
+use crate::metrics::Metrics;
 
 /// Pause between attempts when the registry refuses a registration.
 const RETRY: Duration = Duration::from_secs(1);
@@ -21,12 +24,13 @@ pub struct RegisterSettings {
 }
 
 /// Follows the worker count until `stop` turns true; returns once the
-/// endpoint is out of the registry.
+/// endpoint is out of the registry. Keeps `metrics.registered` true while in.
 pub async fn run(
     registry: Arc<dyn Registry>,
     s: RegisterSettings,
     mut workers: watch::Receiver<usize>,
     mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) {
     loop {
         // Unregistered: wait for a worker that stays for the settle delay.
@@ -57,31 +61,34 @@ pub async fn run(
             }
         };
         tracing::info!(service = %s.endpoint.service, frontend = %s.endpoint.frontend, "LB registered");
+        metrics.registered.store(true, Ordering::Relaxed);
 
         // Registered: leave after the grace period without workers.
         loop {
             // An error means the dispatcher is gone: the LB is going down.
             tokio::select! {
                 ok = crate::until(&mut workers, |n| *n == 0) => if !ok {
-                    return leave(registration, "stopping").await;
+                    return leave(registration, "stopping", &metrics).await;
                 },
-                _ = crate::until(&mut stop, |s| *s) => return leave(registration, "stopping").await,
+                _ = crate::until(&mut stop, |s| *s) => return leave(registration, "stopping", &metrics).await,
             }
             let until = Instant::now() + s.no_worker_grace;
             let back = tokio::select! {
                 _ = tokio::time::sleep_until(until) => false,
                 ok = crate::until(&mut workers, |n| *n > 0) => ok,
-                _ = crate::until(&mut stop, |s| *s) => return leave(registration, "stopping").await,
+                _ = crate::until(&mut stop, |s| *s) => return leave(registration, "stopping", &metrics).await,
             };
             if !back {
                 break;
             }
         }
-        leave(registration, "no worker connected").await;
+        leave(registration, "no worker connected", &metrics).await;
     }
 }
 
-async fn leave(registration: Registration, why: &str) {
+async fn leave(registration: Registration, why: &str, metrics: &Metrics) {
+    // Proxies stop choosing the LB from the moment it starts leaving.
+    metrics.registered.store(false, Ordering::Relaxed);
     registration.deregister().await;
     tracing::info!(reason = why, "LB deregistered");
 }

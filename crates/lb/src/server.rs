@@ -1,6 +1,7 @@
 //! The two listeners, registration, and graceful stop.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::dispatch::{Dispatcher, Stats};
 use crate::frontend::{self, Activity, FrontSettings};
+use crate::metrics::{Metrics, Page};
 use crate::register::{self, RegisterSettings};
 use crate::worker::{self, WorkerSettings};
 
@@ -22,6 +24,7 @@ pub struct LbHandle {
     front: Address,
     back: Address,
     dispatcher: Arc<Dispatcher>,
+    metrics_address: Option<std::net::SocketAddr>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -35,6 +38,11 @@ impl LbHandle {
     /// Where workers dial in (port 0 resolved).
     pub fn back_address(&self) -> &Address {
         &self.back
+    }
+
+    /// Where `/metrics`, `/status` and the dashboard are served, if enabled.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_address
     }
 
     /// Workers taking requests, requests in flight and queued, right now.
@@ -71,17 +79,31 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         config.backend_max_inflight,
         config.queue_size,
     );
+    let metrics = Arc::new(Metrics::default());
+    let service_name: Arc<str> = service.as_str().into();
+    let metrics_address = match &config.metrics_address {
+        Some(addr) => {
+            let page = Page::new(service_name.clone(), metrics.clone(), dispatcher.clone());
+            let bound = rpc_config::status_page::start(addr, Arc::new(page))
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            Some(bound)
+        }
+        None => None,
+    };
     let front_settings = Arc::new(FrontSettings {
-        service: service.as_str().into(),
+        service: service_name,
         max_frame: config.max_frame_size,
         max_inflight: config.max_inflight,
         rpc_timeout: config.rpc_timeout,
         frame_timeout: config.frame_timeout,
+        metrics: metrics.clone(),
     });
     let worker_settings = Arc::new(WorkerSettings {
         max_frame: config.max_frame_size,
         heartbeat_interval: config.heartbeat_interval,
         heartbeat_timeout: config.heartbeat_timeout,
+        rpc_timeout: config.rpc_timeout,
     });
     let reg_settings = RegisterSettings {
         endpoint: Endpoint::new(&service, &front_addr.to_string()),
@@ -102,6 +124,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         reg_settings,
         dispatcher.accepting_workers(),
         stop_rx.clone(),
+        metrics.clone(),
     ));
     let front_permits = Arc::new(Semaphore::new(max_conns));
     let back_permits = Arc::new(Semaphore::new(max_conns));
@@ -116,7 +139,15 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
             front,
             front_permits.clone(),
             front_stop_rx,
-            move |stream| frontend::serve(stream, d.clone(), s.clone(), a.clone(), stop.clone()),
+            move |stream| {
+                let m = s.metrics.clone();
+                m.proxy_connections.fetch_add(1, Ordering::Relaxed);
+                let conn = frontend::serve(stream, d.clone(), s.clone(), a.clone(), stop.clone());
+                async move {
+                    conn.await;
+                    m.proxy_connections.fetch_sub(1, Ordering::Relaxed);
+                }
+            },
         ))
     };
     let back_loop = {
@@ -168,6 +199,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         front: front_addr,
         back: back_addr,
         dispatcher,
+        metrics_address,
         stop,
         task,
     })

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::dispatch::{Dispatcher, Job, Outcome, WorkerId};
+use crate::metrics::WorkerCounters;
 use crate::reply::ReplyTo;
 use rpc_transport::FrameReader;
 
@@ -30,6 +31,8 @@ pub struct WorkerSettings {
     pub max_frame: usize,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    /// A request arrived `rpc_timeout` before its deadline (for latency).
+    pub rpc_timeout: Duration,
 }
 
 /// Hashes the seqids this task assigns itself (consecutive integers) with
@@ -60,6 +63,7 @@ type SeqidMap<V> = HashMap<i32, V, BuildHasherDefault<SeqidHasher>>;
 /// out (`reply` taken).
 struct Pending {
     reply: Option<ReplyTo>,
+    deadline: Instant,
 }
 
 impl Pending {
@@ -83,7 +87,8 @@ pub async fn serve(
 ) {
     let peer = stream.peer();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let id = dispatcher.add_worker(tx);
+    let counters = Arc::new(WorkerCounters::new(peer.to_string()));
+    let id = dispatcher.add_worker(tx, counters.clone());
     tracing::info!(worker = id, %peer, "worker connected");
     let mut pending = SeqidMap::default();
     let end = run(
@@ -94,6 +99,7 @@ pub async fn serve(
         &mut rx,
         &mut pending,
         &mut shutdown,
+        &counters,
     )
     .await;
     dispatcher.remove_worker(id);
@@ -145,6 +151,9 @@ impl Deadlines {
     }
 }
 
+// Each argument is a piece of the connection that `serve` sets up and
+// cleans up after; bundling them would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     stream: Stream,
     id: WorkerId,
@@ -153,12 +162,15 @@ async fn run(
     rx: &mut mpsc::UnboundedReceiver<Job>,
     pending: &mut SeqidMap<Pending>,
     shutdown: &mut watch::Receiver<bool>,
+    counters: &WorkerCounters,
 ) -> End {
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r, FrameCodec::new(s.max_frame));
     let mut writer = FrameWriter::new(w);
     let mut next_seqid: i32 = 0;
     let mut last_heard = Instant::now();
+    // When the last heartbeat went out, to count intervals without an echo.
+    let mut last_ping: Option<Instant> = None;
     let mut ticker =
         tokio::time::interval_at(Instant::now() + s.heartbeat_interval, s.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -186,6 +198,8 @@ async fn run(
             biased;
             frame = reader.next() => {
                 let mut frame = frame;
+                // One clock reading for the batch.
+                let now = Instant::now();
                 // Slots freed by this batch of replies.
                 let mut done = 0;
                 loop {
@@ -204,6 +218,9 @@ async fn run(
                                 Some(p) => {
                                     // Already told it timed out: dropped.
                                     if let Some(reply) = p.reply {
+                                        let arrived = p.deadline.checked_sub(s.rpc_timeout).unwrap_or(now);
+                                        let us = now.saturating_duration_since(arrived).as_micros();
+                                        counters.observe_latency(us as u64);
                                         reply.reply(msg);
                                     }
                                     done += 1;
@@ -230,8 +247,9 @@ async fn run(
                         None => break,
                     }
                 }
-                last_heard = Instant::now();
+                last_heard = now;
                 if done > 0 {
+                    counters.served.add(done as u64);
                     dispatcher.release(id, done);
                     deadlines.trim(pending);
                 }
@@ -257,7 +275,7 @@ async fn run(
                                 }
                             }
                             msg.set_seqid(next_seqid);
-                            pending.insert(next_seqid, Pending { reply: Some(reply) });
+                            pending.insert(next_seqid, Pending { reply: Some(reply), deadline });
                             deadlines.queue.push_back((next_seqid, deadline));
                             writer.push(msg.into_bytes());
                         }
@@ -283,7 +301,7 @@ async fn run(
                         }
                         // The slot stays taken until the worker answers.
                         if let Some(reply) = p.reply.take() {
-                            reply.send(Outcome::Expired);
+                            reply.send(Outcome::TimedOut);
                         }
                     }
                     deadlines.queue.pop_front();
@@ -293,7 +311,12 @@ async fn run(
                 if last_heard.elapsed() > s.heartbeat_timeout {
                     return End::Lost(format!("no heartbeat echo for {:?}", last_heard.elapsed()));
                 }
+                if last_ping.is_some_and(|p| last_heard < p) {
+                    counters.heartbeats_missed.add(1);
+                }
+                last_ping = Some(Instant::now());
                 writer.push(heartbeat(0).freeze());
+                counters.heartbeats_sent.add(1);
             }
             _ = &mut stop => return End::Closed,
             // Writing races reading: replies keep being read while the

@@ -20,7 +20,10 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (config, _log) = args.common.prepare()?;
-    let config = config.unwrap_or_default();
+    let mut config = config.unwrap_or_default();
+    if let Some(addr) = &args.common.profile_address {
+        config.metrics_address = Some(addr.clone());
+    }
     // Configuration errors before anything connects anywhere.
     rpc_lb::server::validate(&config)?;
     let rt = rpc_lb::runtime(config.threads)?;

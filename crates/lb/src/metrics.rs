@@ -1,0 +1,492 @@
+//! What the LB exposes about itself on `metrics_address` (same page as the
+//! proxy's: Prometheus `/metrics`, `/status` JSON, dashboard at `/`).
+//!
+//! Counting stays off the request path's shared state:
+//! - a proxy connection tallies how its answers ended in a local array and
+//!   adds the batch to the shared [`Requests`] counters once per wake-up;
+//! - a worker connection's task is the only writer of its
+//!   [`WorkerCounters`] (replies served, latency, heartbeats): plain loads
+//!   and stores, no locked instruction, no lock; the dispatcher keeps a
+//!   handle beside the worker's slot and folds them into its totals when
+//!   the worker leaves;
+//! - queue length, in-flight counts and worker states are read from the
+//!   dispatcher when scraped.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use rpc_config::status_page::{escape, Cell, Dashboard, StatusPage};
+
+use crate::dispatch::{Dispatcher, Snapshot};
+
+/// A counter written by one task only (a load and a store, no locked
+/// instruction) and read by anyone.
+#[derive(Debug, Default)]
+pub struct Single(AtomicU64);
+
+impl Single {
+    /// Only the owning task may call this.
+    pub fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// How a request ended, the label of `rpc_lb_requests_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum Ending {
+    /// The worker's REPLY.
+    Ok,
+    /// The worker's EXCEPTION.
+    Exception,
+    /// Deadline passed before the request was sent to a worker.
+    TimeoutInQueue,
+    /// Sent, and the worker did not answer by the deadline.
+    Timeout,
+    /// Turned away: the queue was full.
+    RejectedQueueFull,
+    /// Sent to a worker whose connection then failed (or the LB stopped).
+    WorkerLost,
+    /// A oneway call handed to the dispatcher (nothing comes back).
+    Oneway,
+}
+
+const ENDINGS: [(Ending, &str); 7] = [
+    (Ending::Ok, "ok"),
+    (Ending::Exception, "exception"),
+    (Ending::TimeoutInQueue, "timeout_in_queue"),
+    (Ending::Timeout, "timeout"),
+    (Ending::RejectedQueueFull, "rejected_queue_full"),
+    (Ending::WorkerLost, "worker_lost"),
+    (Ending::Oneway, "oneway"),
+];
+
+/// A proxy connection's counts for one batch, added to [`Requests`] at its end.
+#[derive(Debug, Default)]
+pub struct Tally([u64; ENDINGS.len()]);
+
+impl Tally {
+    pub fn count(&mut self, e: Ending) {
+        self.0[e as usize] += 1;
+    }
+}
+
+/// Requests by how they ended, over every proxy connection.
+#[derive(Debug, Default)]
+pub struct Requests([AtomicU64; ENDINGS.len()]);
+
+impl Requests {
+    /// Adds and clears `tally`.
+    pub fn add(&self, tally: &mut Tally) {
+        for (total, n) in self.0.iter().zip(tally.0.iter_mut()) {
+            if *n > 0 {
+                total.fetch_add(std::mem::take(n), Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn get(&self, e: Ending) -> u64 {
+        self.0[e as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of the latency buckets, µs; one more bucket holds the rest.
+pub const LATENCY_BOUNDS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+const BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
+
+/// What one worker connection did. Written by that connection's task only.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    /// The worker's address as the LB sees it.
+    pub peer: String,
+    /// Replies (REPLY or EXCEPTION) received, late ones included.
+    pub served: Single,
+    pub heartbeats_sent: Single,
+    /// Heartbeat intervals that passed without a frame from the worker.
+    pub heartbeats_missed: Single,
+    /// Read-to-reply latency of the answers delivered, per bucket.
+    latency: [Single; BUCKETS],
+    latency_sum_us: Single,
+}
+
+impl WorkerCounters {
+    pub fn new(peer: String) -> WorkerCounters {
+        WorkerCounters {
+            peer,
+            ..Default::default()
+        }
+    }
+
+    /// One answered request took `us` from its arrival at the LB.
+    pub fn observe_latency(&self, us: u64) {
+        self.latency[LATENCY_BOUNDS_US.partition_point(|&b| b < us)].add(1);
+        self.latency_sum_us.add(us);
+    }
+}
+
+/// [`WorkerCounters`] summed over workers (and over the ones gone).
+#[derive(Debug, Default, Clone)]
+pub struct WorkerTotals {
+    pub served: u64,
+    pub heartbeats_sent: u64,
+    pub heartbeats_missed: u64,
+    pub latency: [u64; BUCKETS],
+    pub latency_sum_us: u64,
+}
+
+impl WorkerTotals {
+    pub fn add(&mut self, c: &WorkerCounters) {
+        self.served += c.served.get();
+        self.heartbeats_sent += c.heartbeats_sent.get();
+        self.heartbeats_missed += c.heartbeats_missed.get();
+        for (t, b) in self.latency.iter_mut().zip(&c.latency) {
+            *t += b.get();
+        }
+        self.latency_sum_us += c.latency_sum_us.get();
+    }
+
+    pub fn latency_count(&self) -> u64 {
+        self.latency.iter().sum()
+    }
+}
+
+/// The LB's own counters, beside what the dispatcher knows.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub requests: Requests,
+    /// The endpoint is in the registry.
+    pub registered: AtomicBool,
+    pub proxy_connections: AtomicI64,
+}
+
+/// The LB's status page (cheap to clone: one per scrape).
+#[derive(Clone)]
+pub struct Page {
+    service: Arc<str>,
+    metrics: Arc<Metrics>,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl Page {
+    pub fn new(service: Arc<str>, metrics: Arc<Metrics>, dispatcher: Arc<Dispatcher>) -> Page {
+        Page {
+            service,
+            metrics,
+            dispatcher,
+        }
+    }
+}
+
+/// Encodes one unlabelled counter or gauge.
+fn one(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: impl EncodeMetric,
+) -> std::fmt::Result {
+    metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl std::fmt::Debug for Page {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Page")
+            .field("service", &self.service)
+            .finish()
+    }
+}
+
+impl Collector for Page {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let s = self.dispatcher.snapshot();
+        let m = &self.metrics;
+
+        let mut f = e.encode_descriptor(
+            "requests",
+            "Requests from proxies, by how they ended",
+            None,
+            MetricType::Counter,
+        )?;
+        for (ending, label) in ENDINGS {
+            ConstCounter::new(m.requests.get(ending))
+                .encode(f.encode_family(&[("outcome", label)])?)?;
+        }
+        let mut buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_US
+            .iter()
+            .map(|&b| b as f64 / 1e6)
+            .chain([f64::MAX])
+            .zip(s.totals.latency)
+            .collect();
+        buckets.truncate(BUCKETS);
+        e.encode_descriptor(
+            "request_duration",
+            "Time from a request's arrival to its worker's reply (answered requests)",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(
+            s.totals.latency_sum_us as f64 / 1e6,
+            s.totals.latency_count(),
+            &buckets,
+            None,
+        )?;
+        one(
+            &mut e,
+            "queue_length",
+            "Requests waiting for a free worker slot",
+            ConstGauge::new(s.queued as i64),
+        )?;
+        one(
+            &mut e,
+            "queue_limit",
+            "Most requests that may wait (queue_size)",
+            ConstGauge::new(s.queue_limit as i64),
+        )?;
+        one(
+            &mut e,
+            "registered",
+            "1 while the LB's endpoint is in the registry",
+            ConstGauge::new(i64::from(m.registered.load(Ordering::Relaxed))),
+        )?;
+        one(
+            &mut e,
+            "proxy_connections",
+            "Proxy connections open",
+            ConstGauge::new(m.proxy_connections.load(Ordering::Relaxed)),
+        )?;
+        one(
+            &mut e,
+            "workers",
+            "Workers connected and taking requests",
+            ConstGauge::new(s.workers.iter().filter(|w| w.serving).count() as i64),
+        )?;
+        one(
+            &mut e,
+            "worker_connections",
+            "Worker connections accepted since start",
+            ConstCounter::new(s.worker_connections),
+        )?;
+        one(
+            &mut e,
+            "heartbeats_sent",
+            "Heartbeats sent to workers",
+            ConstCounter::new(s.totals.heartbeats_sent),
+        )?;
+        one(
+            &mut e,
+            "heartbeats_missed",
+            "Heartbeat intervals a worker let pass without a frame",
+            ConstCounter::new(s.totals.heartbeats_missed),
+        )?;
+
+        type Value = fn(&crate::dispatch::WorkerView) -> u64;
+        let per_worker: [(&str, &str, MetricType, Value); 4] = [
+            (
+                "worker_up",
+                "1 while the worker takes requests, 0 once it announced STOP",
+                MetricType::Gauge,
+                |w| u64::from(w.serving),
+            ),
+            (
+                "worker_capacity",
+                "Requests a worker may have in flight",
+                MetricType::Gauge,
+                |w| w.capacity as u64,
+            ),
+            (
+                "worker_inflight",
+                "Requests handed to the worker and not answered yet",
+                MetricType::Gauge,
+                |w| w.inflight as u64,
+            ),
+            (
+                "worker_served",
+                "Replies received from the worker",
+                MetricType::Counter,
+                |w| w.served,
+            ),
+        ];
+        for (name, help, kind, value) in per_worker {
+            let mut f = e.encode_descriptor(name, help, None, kind)?;
+            for w in &s.workers {
+                let id = w.id.to_string();
+                let labels = [("worker", id.as_str()), ("peer", w.peer.as_str())];
+                let enc = f.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => ConstCounter::new(value(w)).encode(enc)?,
+                    _ => ConstGauge::new(value(w) as i64).encode(enc)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `/status` and dashboard view of one worker.
+fn state(serving: bool) -> &'static str {
+    if serving {
+        "serving"
+    } else {
+        "stopping"
+    }
+}
+
+impl Page {
+    fn status_of(&self, s: &Snapshot) -> serde_json::Value {
+        let m = &self.metrics;
+        let requests: serde_json::Map<String, serde_json::Value> = ENDINGS
+            .iter()
+            .map(|&(e, label)| (label.to_string(), m.requests.get(e).into()))
+            .collect();
+        let workers: Vec<serde_json::Value> = s
+            .workers
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "id": w.id,
+                    "peer": w.peer,
+                    "state": state(w.serving),
+                    "capacity": w.capacity,
+                    "inflight": w.inflight,
+                    "served": w.served,
+                    "heartbeats_sent": w.heartbeats_sent,
+                    "heartbeats_missed": w.heartbeats_missed,
+                })
+            })
+            .collect();
+        let count = s.totals.latency_count();
+        serde_json::json!({
+            "service": &*self.service,
+            "registered": m.registered.load(Ordering::Relaxed),
+            "proxy_connections": m.proxy_connections.load(Ordering::Relaxed),
+            "queue": { "length": s.queued, "limit": s.queue_limit },
+            "requests": requests,
+            "latency": {
+                "count": count,
+                "mean_us": s.totals.latency_sum_us.checked_div(count).unwrap_or(0),
+            },
+            "heartbeats": {
+                "sent": s.totals.heartbeats_sent,
+                "missed": s.totals.heartbeats_missed,
+            },
+            "worker_connections": s.worker_connections,
+            "workers": workers,
+        })
+    }
+}
+
+impl StatusPage for Page {
+    fn metrics(&self) -> String {
+        let mut registry = Registry::with_prefix("rpc_lb");
+        registry.register_collector(Box::new(self.clone()));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    fn status(&self) -> serde_json::Value {
+        self.status_of(&self.dispatcher.snapshot())
+    }
+
+    fn dashboard(&self) -> String {
+        let s = self.dispatcher.snapshot();
+        let m = &self.metrics;
+        let r = |e| m.requests.get(e);
+        let summary = format!(
+            "Service {}, {}. {} proxy connections. Queue {} of {}. Requests: {} ok, {} exception, \
+             {} timed out in the queue, {} timed out at a worker, {} rejected (queue full), \
+             {} lost with a worker, {} oneway. Heartbeats: {} sent, {} missed.",
+            escape(&self.service),
+            if m.registered.load(Ordering::Relaxed) {
+                "registered"
+            } else {
+                "not registered"
+            },
+            m.proxy_connections.load(Ordering::Relaxed),
+            s.queued,
+            s.queue_limit,
+            r(Ending::Ok),
+            r(Ending::Exception),
+            r(Ending::TimeoutInQueue),
+            r(Ending::Timeout),
+            r(Ending::RejectedQueueFull),
+            r(Ending::WorkerLost),
+            r(Ending::Oneway),
+            s.totals.heartbeats_sent,
+            s.totals.heartbeats_missed,
+        );
+        let mut page = Dashboard::new(
+            "rpc-lb",
+            ".serving{color:#080}.stopping{color:#b60}",
+            &summary,
+        );
+        page.table(&[
+            "worker",
+            "peer",
+            "state",
+            "capacity",
+            "in flight",
+            "served",
+            "heartbeats missed",
+        ]);
+        for w in &s.workers {
+            page.row([
+                Cell::Text(w.id.to_string()),
+                Cell::Text(w.peer.clone()),
+                Cell::State(state(w.serving).into()),
+                Cell::Text(w.capacity.to_string()),
+                Cell::Text(w.inflight.to_string()),
+                Cell::Text(w.served.to_string()),
+                Cell::Text(w.heartbeats_missed.to_string()),
+            ]);
+        }
+        page.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_lands_in_the_first_bucket_that_holds_it() {
+        let c = WorkerCounters::default();
+        for us in [0, 100, 101, 10_000_000, 10_000_001] {
+            c.observe_latency(us);
+        }
+        let mut t = WorkerTotals::default();
+        t.add(&c);
+        assert_eq!((t.latency[0], t.latency[1]), (2, 1));
+        assert_eq!((t.latency[BUCKETS - 2], t.latency[BUCKETS - 1]), (1, 1));
+        assert_eq!(t.latency_count(), 5);
+        assert_eq!(t.latency_sum_us, 20_000_202);
+    }
+
+    #[test]
+    fn a_tally_is_added_once_and_cleared() {
+        let r = Requests::default();
+        let mut t = Tally::default();
+        t.count(Ending::Ok);
+        t.count(Ending::Ok);
+        t.count(Ending::WorkerLost);
+        r.add(&mut t);
+        r.add(&mut t);
+        assert_eq!((r.get(Ending::Ok), r.get(Ending::WorkerLost)), (2, 1));
+        assert_eq!(r.get(Ending::Exception), 0);
+    }
+}
