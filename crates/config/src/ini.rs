@@ -78,7 +78,8 @@ impl FromStr for RegistrySpec {
 /// Proxy balancing across endpoint connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balance {
-    /// Least outstanding requests, power of two random choices.
+    /// Power of two random choices, the cheaper by latency estimate ×
+    /// (outstanding requests + 1).
     LeastOutstanding,
     RoundRobin,
 }
@@ -145,6 +146,10 @@ pub struct Config {
     /// Requests in flight per backend connection before it counts as full.
     pub backend_max_inflight: usize,
     pub balance: Balance,
+    /// Time constant of the proxy's per-endpoint latency estimate: how fast
+    /// it follows lower samples, and decays toward zero (so the endpoint is
+    /// tried again) while the endpoint gets no traffic.
+    pub balance_decay: Duration,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     /// How long a removed endpoint may finish in-flight requests.
@@ -196,6 +201,7 @@ impl Default for Config {
             max_inflight: 1024,
             backend_max_inflight: 4096,
             balance: Balance::LeastOutstanding,
+            balance_decay: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(6),
             drain_timeout: Duration::from_secs(5),
@@ -341,6 +347,9 @@ impl Config {
             "max_inflight" => self.max_inflight = positive(k, v)?,
             "backend_max_inflight" => self.backend_max_inflight = positive(k, v)?,
             "balance" => self.balance = parse(k, v)?,
+            "balance_decay_ms" => {
+                self.balance_decay = Duration::from_millis(positive(k, v)? as u64)
+            }
             "heartbeat_interval_ms" => self.heartbeat_interval = millis(k, v)?,
             "heartbeat_timeout_ms" => self.heartbeat_timeout = millis(k, v)?,
             "drain_timeout" => self.drain_timeout = seconds(k, v)?,
@@ -448,6 +457,17 @@ mod tests {
     }
 
     #[test]
+    fn balance_decay_defaults_to_a_second() {
+        assert_eq!(
+            Config::parse("").unwrap().balance_decay,
+            Duration::from_secs(1)
+        );
+        let c = Config::parse("balance=p2c\nbalance_decay_ms=250").unwrap();
+        assert_eq!(c.balance_decay, Duration::from_millis(250));
+        assert!(c.unknown.is_empty());
+    }
+
+    #[test]
     fn unknown_keys_are_kept_not_fatal() {
         let c = Config::parse("some_future_key = 3\n").unwrap();
         assert_eq!(
@@ -464,6 +484,7 @@ mod tests {
             ("front_port=70000", "front_port"),
             ("zk=nohostport", "zk"),
             ("balance=random", "balance"),
+            ("balance_decay_ms=0", "balance_decay_ms"),
             ("verbose=2", "verbose"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
