@@ -7,7 +7,7 @@
 //! endpoint, declares the connection dead when the echo stops, and
 //! reconnects with capped backoff for as long as the endpoint is wanted.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,8 @@ use rpc_codec::{heartbeat, FrameCodec, Message, MessageType};
 use rpc_transport::{Address, FrameReader, FrameWriter, Stream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout, Instant};
+
+use crate::ewma::{nanos, PeakEwma};
 
 /// What becomes of a request handed to a backend connection.
 #[derive(Debug)]
@@ -69,6 +71,8 @@ pub struct BackendSettings {
     pub heartbeat_timeout: Duration,
     pub drain_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Time constant of the latency estimate (`balance_decay_ms`).
+    pub latency_decay: Duration,
 }
 
 /// The handle routes hold. Cheap to share; the task does the work.
@@ -79,10 +83,9 @@ pub struct Backend {
     state: AtomicU8,
     /// Requests handed over and not yet answered: the balancer's load signal.
     outstanding: AtomicUsize,
-    /// Recent reply latency in microseconds, peak-sensitive (jumps up at
-    /// once, decays slowly; halves every idle heartbeat tick), shown in
-    /// the metrics and the dashboard.
-    latency_us: AtomicU64,
+    /// Reply latency estimate (peak EWMA): the balancer's other signal,
+    /// also shown in the metrics and the dashboard.
+    latency: PeakEwma,
     drain: watch::Sender<bool>,
 }
 
@@ -98,7 +101,7 @@ impl Backend {
             tx,
             state: AtomicU8::new(State::Connecting as u8),
             outstanding: AtomicUsize::new(0),
-            latency_us: AtomicU64::new(0),
+            latency: PeakEwma::new(settings.latency_decay),
             drain,
         });
         tokio::spawn(run(backend.clone(), rx, drain_rx, settings));
@@ -127,24 +130,17 @@ impl Backend {
         self.outstanding.load(Ordering::Relaxed)
     }
 
+    /// The latency estimate now, in microseconds (reads the clock: for
+    /// the metrics, not the request path).
     pub fn latency_us(&self) -> u64 {
-        self.latency_us.load(Ordering::Relaxed)
+        (self.latency.estimate(nanos(Instant::now())) / 1000.0) as u64
     }
 
-    fn observe(&self, latency: Duration) {
-        let sample = latency.as_micros().min(u64::MAX as u128) as u64;
-        let old = self.latency_us.load(Ordering::Relaxed);
-        let new = if sample >= old {
-            sample
-        } else {
-            old - (old - sample) / 8
-        };
-        self.latency_us.store(new, Ordering::Relaxed);
-    }
-
-    fn decay(&self) {
-        let old = self.latency_us.load(Ordering::Relaxed);
-        self.latency_us.store(old / 2, Ordering::Relaxed);
+    /// Whether this backend is cheaper than `other` right now: latency
+    /// estimate × (outstanding + 1), compared without a clock read.
+    pub fn cheaper_than(&self, other: &Backend) -> bool {
+        self.latency
+            .cheaper(self.outstanding(), &other.latency, other.outstanding())
     }
 
     /// Hands a job over; gives it back if the connection cannot take it.
@@ -177,8 +173,9 @@ impl Backend {
 
 struct Pending {
     reply: ReplyTo,
-    /// When the batch carrying the request was handed to the socket.
-    sent: Instant,
+    /// When the batch carrying the request was handed to the socket
+    /// ([`nanos`]).
+    sent: u64,
 }
 
 type PendingMap = std::collections::HashMap<i32, Pending, crate::fasthash::SeqIdHash>;
@@ -275,7 +272,7 @@ fn on_reply(
     frame: Option<Result<bytes::BytesMut, rpc_codec::FrameError>>,
     pending: &mut PendingMap,
     heard: &mut Heard,
-    now: Instant,
+    now: u64,
 ) -> Result<(), String> {
     let frame = match frame {
         Some(Ok(f)) => f,
@@ -291,7 +288,7 @@ fn on_reply(
             match pending.remove(&msg.seqid()) {
                 Some(p) => {
                     b.done();
-                    b.observe(now.saturating_duration_since(p.sent));
+                    b.latency.observe(now.saturating_sub(p.sent), now);
                     // The client may have given up (deadline): dropping is fine.
                     p.reply.send(Outcome::Reply(msg));
                 }
@@ -328,6 +325,9 @@ async fn serve(
     let mut next_seqid: i32 = 0;
     let mut last_echo = Instant::now();
     let mut heard = Heard::default();
+    // Requests were waiting at the last tick (and so, if no reply came
+    // since, have waited at least a whole interval).
+    let mut waiting_at_tick = false;
     let mut ticker = tokio::time::interval(s.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut draining = *drain.borrow();
@@ -341,7 +341,7 @@ async fn serve(
             job = rx.recv(), if !draining && pending.len() < s.max_inflight => {
                 let Some(job) = job else { return End::Drained };
                 let mut job = Some(job);
-                let sent = Instant::now();
+                let sent = nanos(Instant::now());
                 // Take everything already queued: one write for the batch.
                 while let Some(Job { mut msg, reply }) = job.take() {
                     match reply {
@@ -374,7 +374,7 @@ async fn serve(
             }
             frame = reader.next() => {
                 // Every reply already here in one go, with one clock read.
-                let now = Instant::now();
+                let now = nanos(Instant::now());
                 let mut frame = Some(frame);
                 while let Some(f) = frame.take() {
                     if let Err(cause) = on_reply(b, f, &mut pending, &mut heard, now) {
@@ -384,19 +384,17 @@ async fn serve(
                     frame = reader.next().now_or_never();
                 }
             }
-            _ = ticker.tick() => {
+            tick = ticker.tick() => {
                 // Liveness is sampled once per tick (not a clock read per
                 // reply): anything heard since the last tick counts.
                 let since_tick = std::mem::take(&mut heard);
-                if !since_tick.replies {
-                    if pending.is_empty() {
-                        // Idle: let a shunned endpoint be tried again.
-                        b.decay();
-                    } else {
-                        // Requests waiting a whole tick: at least that slow.
-                        b.observe(s.heartbeat_interval);
-                    }
+                if !since_tick.replies && waiting_at_tick && !pending.is_empty() {
+                    // No reply for a whole interval while requests wait: the
+                    // endpoint is at least that slow, before any reply says so.
+                    let interval = s.heartbeat_interval.as_nanos() as u64;
+                    b.latency.observe(interval, nanos(tick));
                 }
+                waiting_at_tick = !pending.is_empty();
                 if since_tick.anything {
                     last_echo = Instant::now();
                 }

@@ -23,13 +23,13 @@ impl Balancer {
 
     /// A live backend, or `None` if no connection of the service is up.
     ///
-    /// Least-outstanding uses two random choices: nearly as good as a full
-    /// scan at picking an idle endpoint, and it avoids every proxy herding
-    /// onto the same "least loaded" one. (Weighing in latency would also
-    /// tell a slow endpoint from a fast one when few calls are in flight,
-    /// but a single outlier sample then starves an endpoint until its
-    /// estimate decays; that needs time-based decay and exploration, not
-    /// done yet.)
+    /// `p2c` takes the cheaper of two random choices, cost = latency
+    /// estimate × (outstanding + 1) (peak EWMA, `ewma.rs`). Outstanding
+    /// requests spread load; latency tells a slow endpoint from a fast one
+    /// even when nothing is in flight (one call at a time). Two choices are
+    /// nearly as good as a full scan and keep proxies from herding onto the
+    /// same "best" endpoint; the estimate's decay toward zero while an
+    /// endpoint gets no traffic makes a shunned one tried again.
     pub fn pick<'a>(&self, backends: &'a [Arc<Backend>]) -> Option<&'a Arc<Backend>> {
         let n = backends.len();
         match n {
@@ -51,21 +51,20 @@ impl Balancer {
                     }
                     let (a, b) = (&backends[i], &backends[j]);
                     let best = match (a.is_up(), b.is_up()) {
-                        (true, true) => Some(if b.outstanding() < a.outstanding() {
-                            b
-                        } else {
-                            a
-                        }),
+                        (true, true) => Some(if b.cheaper_than(a) { b } else { a }),
                         (true, false) => Some(a),
                         (false, true) => Some(b),
                         (false, false) => None,
                     };
                     // Both draws down: fall back to a scan for any live one.
                     best.or_else(|| {
-                        backends
-                            .iter()
-                            .filter(|b| b.is_up())
-                            .min_by_key(|b| b.outstanding())
+                        backends.iter().filter(|b| b.is_up()).reduce(|best, b| {
+                            if b.cheaper_than(best) {
+                                b
+                            } else {
+                                best
+                            }
+                        })
                     })
                 }
             },

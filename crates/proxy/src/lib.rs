@@ -4,7 +4,7 @@
 //! - [`server`]: accept loop, connection limit, graceful stop;
 //! - [`client`]: one client connection, in-order replies, backpressure;
 //! - [`forward`]: one request: route, deadline, seqid restore, errors;
-//! - [`balance`]: choose a backend connection;
+//! - [`balance`]: choose a backend connection ([`ewma`]: latency estimate);
 //! - [`backend`]: one endpoint connection: seqid rewrite, pipelining,
 //!   heartbeats, reconnects, draining;
 //! - [`routes`]: registry snapshots → routing table.
@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod balance;
 pub mod client;
+pub mod ewma;
 mod fasthash;
 pub mod forward;
 pub mod metrics;

@@ -95,7 +95,7 @@ impl Metrics {
         );
         registry.register(
             "endpoint_latency_microseconds",
-            "Recent reply latency of the endpoint (peak-sensitive average)",
+            "Reply latency estimate of the endpoint the balancer weighs (peak EWMA; decays toward zero while idle)",
             backend_latency.clone(),
         );
         Arc::new(Metrics {

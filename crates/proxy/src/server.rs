@@ -65,6 +65,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         heartbeat_timeout: config.heartbeat_timeout,
         drain_timeout: config.drain_timeout,
         connect_timeout: Duration::from_secs(3),
+        latency_decay: config.balance_decay,
     };
     let metrics = Metrics::new();
     let (mut manager, routes) = RouteManager::new(

@@ -47,7 +47,12 @@ async fn endpoints_are_discovered_shared_and_deregistered() {
         TestEndpoint::start("b").await,
     );
     let registrant = zk_registry(&zk, "test").await;
-    let (_proxy, addr) = start_proxy(&test_config(""), zk_registry(&zk, "test").await).await;
+    // p2c with a short latency decay: both endpoints get calls soon.
+    let (_proxy, addr) = start_proxy(
+        &test_config("balance_decay_ms=20"),
+        zk_registry(&zk, "test").await,
+    )
+    .await;
 
     let reg_a = registrant.register(a.endpoint("echo")).await.unwrap();
     wait_for_tag(&addr, b"a").await;
@@ -55,32 +60,27 @@ async fn endpoints_are_discovered_shared_and_deregistered() {
     let reg_b = registrant.register(b.endpoint("echo")).await.unwrap();
     wait_for_tag(&addr, b"b").await;
     let mut c = Client::connect(&addr).await;
-    let (mut na, mut nb) = (0, 0);
-    for i in 0..100 {
-        match c.call("echo:tag", i, b"").await.body() {
-            b"a" => na += 1,
-            b"b" => nb += 1,
-            other => panic!("{other:?}"),
-        }
-    }
-    assert!(na > 10 && nb > 10, "a={na} b={nb}");
+    tags_until_each_over(&mut c, &[&a, &b], 10, STEP).await;
 
     // Deregister a while a call is in flight on it: it completes, and
     // nothing new reaches a.
     let mut slow = Client::connect(&addr).await;
     let before = a.calls.load(Ordering::SeqCst);
-    for i in 0..6 {
-        slow.send(MessageType::Call, "echo:slow", i, b"inflight")
+    // p2c may send the first ones to b (lower latency estimate): add slow
+    // calls until one is in flight on a.
+    let deadline = tokio::time::Instant::now() + STEP;
+    let mut sent = 0;
+    while a.calls.load(Ordering::SeqCst) == before {
+        assert!(tokio::time::Instant::now() < deadline, "no call reached a");
+        slow.send(MessageType::Call, "echo:slow", sent, b"inflight")
             .await;
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    eventually("slow calls arrived", || {
-        a.calls.load(Ordering::SeqCst) > before
-    })
-    .await;
     reg_a.deregister().await;
     // The calls in flight on a complete (they take 300 ms, time enough for
     // the removal to reach the proxy); then a, idle, must get nothing new.
-    for _ in 0..6 {
+    for _ in 0..sent {
         let r = slow.recv().await.unwrap();
         assert_eq!((r.kind(), r.body()), (MessageType::Reply, &b"inflight"[..]));
     }

@@ -3,7 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ pub use rpc_testkit::{eventually, exception_text, MemRegistry, Peer as Client, S
 /// A service endpoint speaking SPEC §4, with methods that script behaviour:
 /// `echo` answers the body, `tag` answers the endpoint's tag, `slow`
 /// answers after 300 ms, `hang` never answers; every call is recorded.
+/// `delay_ms` makes `echo` and `tag` answer that much later (a slow endpoint).
 pub struct TestEndpoint {
     pub address: Address,
     pub tag: String,
@@ -30,6 +31,7 @@ pub struct TestEndpoint {
     pub oneways: Arc<Mutex<Vec<Vec<u8>>>>,
     /// When set, the endpoint stops reading and answering (a stalled process).
     pub stalled: Arc<AtomicBool>,
+    pub delay_ms: Arc<AtomicU64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -45,11 +47,13 @@ impl TestEndpoint {
         let calls = Arc::new(AtomicUsize::new(0));
         let oneways = Arc::new(Mutex::new(Vec::new()));
         let stalled = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (c, o, s, t) = (
+        let (c, o, s, d, t) = (
             calls.clone(),
             oneways.clone(),
             stalled.clone(),
+            delay_ms.clone(),
             tag.to_string(),
         );
         let task = tokio::spawn(async move {
@@ -58,7 +62,7 @@ impl TestEndpoint {
                 tokio::select! {
                     r = listener.accept() => {
                         let Ok(stream) = r else { continue };
-                        conns.push(tokio::spawn(serve_endpoint(stream, t.clone(), c.clone(), o.clone(), s.clone())));
+                        conns.push(tokio::spawn(serve_endpoint(stream, t.clone(), c.clone(), o.clone(), s.clone(), d.clone())));
                     }
                     _ = &mut stop_rx => break,
                 }
@@ -74,6 +78,7 @@ impl TestEndpoint {
             calls,
             oneways,
             stalled,
+            delay_ms,
             stop: Some(stop),
             task,
         }
@@ -98,6 +103,7 @@ async fn serve_endpoint(
     calls: Arc<AtomicUsize>,
     oneways: Arc<Mutex<Vec<Vec<u8>>>>,
     stalled: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
 ) {
     let (r, w) = stream.into_split();
     let mut reader = tokio_util::codec::FramedRead::new(r, FrameCodec::default());
@@ -129,13 +135,21 @@ async fn serve_endpoint(
                 calls.fetch_add(1, Ordering::SeqCst);
                 let name = msg.name().to_vec();
                 let reply = |body: &[u8]| encode_message(MessageType::Reply, &name, seqid, body);
+                let answer = |r: BytesMut| match delay_ms.load(Ordering::SeqCst) {
+                    0 => {
+                        let _ = tx.send(r);
+                    }
+                    ms => {
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            let _ = tx.send(r);
+                        });
+                    }
+                };
                 match &name[..] {
-                    b"echo" => {
-                        let _ = tx.send(reply(msg.body()));
-                    }
-                    b"tag" => {
-                        let _ = tx.send(reply(tag.as_bytes()));
-                    }
+                    b"echo" => answer(reply(msg.body())),
+                    b"tag" => answer(reply(tag.as_bytes())),
                     b"slow" => {
                         let (tx, r) = (tx.clone(), reply(msg.body()));
                         tokio::spawn(async move {
@@ -160,6 +174,34 @@ async fn serve_endpoint(
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// Calls `echo:tag` one call at a time until each of `endpoints` has
+/// answered more than `n` of them (failing after `within`); returns how
+/// many each answered.
+pub async fn tags_until_each_over(
+    c: &mut Client,
+    endpoints: &[&TestEndpoint],
+    n: usize,
+    within: Duration,
+) -> Vec<usize> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut counts = vec![0; endpoints.len()];
+    let mut seqid = 0;
+    while counts.iter().any(|&k| k <= n) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every endpoint got over {n} calls: {counts:?}"
+        );
+        seqid += 1;
+        let r = c.call("echo:tag", seqid, b"").await;
+        let i = endpoints
+            .iter()
+            .position(|e| e.tag.as_bytes() == r.body())
+            .unwrap_or_else(|| panic!("unexpected answer {r:?}"));
+        counts[i] += 1;
+    }
+    counts
 }
 
 // === Registry ===
