@@ -208,19 +208,62 @@ async fn traffic_is_shared_by_two_endpoints() {
         TestEndpoint::start("a").await,
         TestEndpoint::start("b").await,
     );
-    for balance in ["p2c", "round_robin"] {
-        let (_proxy, addr, _reg) = proxy_with(&[&a, &b], &format!("balance={balance}")).await;
-        let mut c = Client::connect(&addr).await;
-        let (mut na, mut nb) = (0, 0);
-        for i in 0..200 {
-            match c.call("echo:tag", i, b"").await.body() {
-                b"a" => na += 1,
-                b"b" => nb += 1,
-                other => panic!("{other:?}"),
-            }
+    let (_proxy, addr, _reg) = proxy_with(&[&a, &b], "balance=round_robin").await;
+    let mut c = Client::connect(&addr).await;
+    let (mut na, mut nb) = (0, 0);
+    for i in 0..200 {
+        match c.call("echo:tag", i, b"").await.body() {
+            b"a" => na += 1,
+            b"b" => nb += 1,
+            other => panic!("{other:?}"),
         }
-        assert!(na > 20 && nb > 20, "{balance}: a={na} b={nb}");
     }
+    assert!(na > 20 && nb > 20, "round_robin: a={na} b={nb}");
+
+    // p2c weighs latency: one call at a time, two equal endpoints take
+    // turns in runs (a noisy slow reply sends the next calls to the other),
+    // not call by call. What it promises is that neither is starved: the
+    // one not chosen looks cheaper as its estimate decays, and is tried
+    // again. A short decay makes that quick.
+    let (_proxy, addr, _reg) = proxy_with(&[&a, &b], "balance=p2c\nbalance_decay_ms=20").await;
+    let mut c = Client::connect(&addr).await;
+    tags_until_each_over(&mut c, &[&a, &b], 20, STEP).await;
+}
+
+#[tokio::test]
+async fn p2c_shuns_a_slow_endpoint_and_returns_to_it_once_fast() {
+    let (fast, slow) = (
+        TestEndpoint::start("fast").await,
+        TestEndpoint::start("slow").await,
+    );
+    slow.delay_ms.store(20, Ordering::SeqCst);
+    // With a 200 ms decay a 20 ms endpoint looks as cheap as a sub-ms one
+    // again only after 0.6 s or more (200 ms × ln(20)): one call then.
+    let (_proxy, addr, _reg) =
+        proxy_with(&[&fast, &slow], "balance=p2c\nbalance_decay_ms=200").await;
+    let mut c = Client::connect(&addr).await;
+    // Warm-up: an endpoint without a latency sample costs nothing, so both
+    // are tried at once.
+    tags_until_each_over(&mut c, &[&fast, &slow], 0, STEP).await;
+
+    // One call at a time: outstanding is always 0 on both, only latency
+    // tells them apart (round-robin or plain least-outstanding send half).
+    let counts = |e: &TestEndpoint| e.calls.load(Ordering::SeqCst);
+    let (f0, s0) = (counts(&fast), counts(&slow));
+    for i in 0..1000 {
+        assert_eq!(c.call("echo:tag", i, b"").await.kind(), MessageType::Reply);
+    }
+    let (nf, ns) = (counts(&fast) - f0, counts(&slow) - s0);
+    assert!(
+        ns * 20 < nf + ns,
+        "the slow endpoint took {ns} of {} calls",
+        nf + ns
+    );
+
+    // Fast again: as its old estimate decays it is tried, found fast, and
+    // takes its share again.
+    slow.delay_ms.store(0, Ordering::SeqCst);
+    tags_until_each_over(&mut c, &[&fast, &slow], 20, 2 * STEP).await;
 }
 
 #[tokio::test]
