@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rpc_codec::{application_exception, encode_message, ExceptionKind, Message, MessageType};
+use rpc_codec::{
+    application_exception, encode_message, ExceptionKind, Message, MessageType, NameBuf,
+};
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use thrift::server::TProcessor;
 
@@ -92,11 +94,13 @@ where
     E: Into<HandlerError> + Send + 'static,
 {
     async fn handle(&self, request: Message) -> Option<Bytes> {
-        let name = request.name().to_vec();
+        let name = NameBuf::new(request.name());
         let seqid = request.seqid();
         let oneway = request.kind() == MessageType::Oneway;
-        let method = String::from_utf8_lossy(&name).into_owned();
-        let body = Bytes::copy_from_slice(request.body());
+        let method = String::from_utf8_lossy(name.as_bytes()).into_owned();
+        // The body is a view of the frame as read: no copy.
+        let body_at = request.frame_len() - request.body().len();
+        let body = request.into_bytes().split_off(body_at);
         let result = (self.f)(method, body).await;
         if oneway {
             if let Err(e) = result {
@@ -104,11 +108,12 @@ where
             }
             return None;
         }
+        let name = name.as_bytes();
         Some(match result {
-            Ok(reply) => encode_message(MessageType::Reply, &name, seqid, &reply).freeze(),
+            Ok(reply) => encode_message(MessageType::Reply, name, seqid, &reply).freeze(),
             Err(e) => {
                 let e = e.into();
-                application_exception(&name, seqid, e.kind, &e.message).freeze()
+                application_exception(name, seqid, e.kind, &e.message).freeze()
             }
         })
     }

@@ -29,7 +29,7 @@ pub mod gen {
 }
 
 pub use handler::{handler_fn, FnHandler, Handler, HandlerError, ThriftProcessor};
-pub use service::{Service, ServiceHandle};
+pub use service::{Service, ServiceHandle, ServiceStats};
 pub use worker::{Worker, WorkerHandle};
 
 pub use rpc_config::wait_for_signal;

@@ -4,28 +4,30 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rpc_codec::{FrameCodec, Message, MessageType};
+use bytes::{Bytes, BytesMut};
+use rpc_codec::{FrameCodec, FrameError, Message, MessageType};
 use rpc_config::Config;
 use rpc_registry::{Endpoint, Registration, Registry};
-use rpc_transport::{Address, FrameReader, Listener, Stream};
-use tokio::sync::{watch, Semaphore};
+use rpc_transport::{Address, FrameReader, FrameWriter, Listener, Stream};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::conn::{protocol_error, run_request, spawn_writer};
+use crate::conn::{protocol_error, start, Done};
 use crate::tracker::Tracker;
 use crate::Handler;
 
 /// A Thrift service server built from a configuration and a handler.
 ///
-/// It listens on the configured front address, registers
-/// `Endpoint::new(service, address)` once the listener is up (unless
-/// `stand_alone=1`), echoes heartbeats and runs requests concurrently,
-/// writing each reply as soon as it is ready.
+/// It listens on the configured front address (or the addresses given to
+/// [`Service::listen_on`]), registers `Endpoint::new(service, address)`
+/// for each once listening (unless `stand_alone=1`), echoes heartbeats and
+/// runs requests concurrently, writing each reply as soon as it is ready.
 pub struct Service {
     config: Config,
     handler: Arc<dyn Handler>,
     registry: Option<Arc<dyn Registry>>,
     code_url_version: Option<String>,
+    addresses: Vec<Address>,
 }
 
 impl Service {
@@ -35,6 +37,7 @@ impl Service {
             handler: Arc::new(handler),
             registry: None,
             code_url_version: None,
+            addresses: Vec::new(),
         }
     }
 
@@ -50,61 +53,88 @@ impl Service {
         self
     }
 
+    /// Listens on these addresses (TCP or Unix, port 0 allowed) instead of
+    /// the configured front address, and registers each of them: one
+    /// service reachable both on a port and on a local socket, say.
+    pub fn listen_on(mut self, addresses: impl IntoIterator<Item = Address>) -> Service {
+        self.addresses = addresses.into_iter().collect();
+        self
+    }
+
     /// Binds, starts serving, then registers. Returns once registered.
     pub async fn start(self) -> anyhow::Result<ServiceHandle> {
         let config = self.config;
-        let bind = config.front_address().context("no address to listen on")?;
-        let listener = Listener::bind(&bind)
-            .await
-            .with_context(|| format!("cannot listen on {bind}"))?;
-        let address = listener.local_address();
-        tracing::info!(%address, "service listening");
+        let mut binds = self.addresses;
+        if binds.is_empty() {
+            binds.push(config.front_address().context("no address to listen on")?);
+        }
+        let mut listeners = Vec::new();
+        for bind in &binds {
+            let listener = Listener::bind(bind)
+                .await
+                .with_context(|| format!("cannot listen on {bind}"))?;
+            tracing::info!(address = %listener.local_address(), "service listening");
+            listeners.push(listener);
+        }
+        let addresses: Vec<Address> = listeners.iter().map(|l| l.local_address()).collect();
 
         let tracker = Tracker::new();
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let settings = ConnSettings {
+        let conn = Arc::new(ConnShared {
+            handler: self.handler,
+            tracker: tracker.clone(),
             max_frame: config.max_frame_size,
             max_inflight: config.max_inflight,
             frame_timeout: config.frame_timeout,
-        };
-        let accept = tokio::spawn(accept_loop(
-            listener,
-            self.handler,
-            tracker.clone(),
-            settings,
-            config.max_connections,
-            shutdown_rx,
-        ));
+        });
+        // One limit on connections across every listener.
+        let permits = Arc::new(Semaphore::new(config.max_connections));
+        let accept = listeners
+            .into_iter()
+            .map(|l| {
+                tokio::spawn(accept_loop(
+                    l,
+                    conn.clone(),
+                    permits.clone(),
+                    shutdown_rx.clone(),
+                ))
+            })
+            .collect();
 
-        let registration = if config.stand_alone {
+        let mut registrations = Vec::new();
+        let mut registry = None;
+        if config.stand_alone {
             tracing::info!("stand-alone: not registering");
-            None
         } else {
             let service = config
                 .service
                 .clone()
                 .context("`service` is not set (or set stand_alone=1)")?;
-            let registry = match self.registry {
+            let reg = match self.registry {
                 Some(r) => r,
                 None => rpc_registry::open(&config)
                     .await
                     .context("cannot open the registry")?,
             };
-            let mut endpoint = Endpoint::new(&service, &address.to_string());
-            if let Some(v) = self.code_url_version {
-                endpoint.code_url_version = v;
+            for address in &addresses {
+                let mut endpoint = Endpoint::new(&service, &address.to_string());
+                if let Some(v) = &self.code_url_version {
+                    endpoint.code_url_version = v.clone();
+                }
+                let r = reg
+                    .register(endpoint)
+                    .await
+                    .with_context(|| format!("cannot register {service} at {address}"))?;
+                tracing::info!(%service, %address, "registered");
+                registrations.push(r);
             }
-            let reg = registry
-                .register(endpoint)
-                .await
-                .with_context(|| format!("cannot register {service} at {address}"))?;
-            tracing::info!(%service, %address, "registered");
-            Some((reg, registry))
-        };
+            registry = Some(reg);
+        }
 
         Ok(ServiceHandle {
-            address,
-            registration,
+            addresses,
+            registrations,
+            _registry: registry,
             tracker,
             shutdown,
             accept,
@@ -123,35 +153,61 @@ impl Service {
     }
 }
 
+/// What a running service has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Connections accepted since the start, on every address.
+    pub connections: u64,
+    /// Calls and oneways read (heartbeats are not counted).
+    pub requests: u64,
+}
+
 /// A running service.
 pub struct ServiceHandle {
-    address: Address,
-    registration: Option<(Registration, Arc<dyn Registry>)>,
+    addresses: Vec<Address>,
+    registrations: Vec<Registration>,
+    /// Kept open while registered.
+    _registry: Option<Arc<dyn Registry>>,
     tracker: Arc<Tracker>,
     shutdown: watch::Sender<bool>,
-    accept: JoinHandle<()>,
+    accept: Vec<JoinHandle<()>>,
     quiet_period: Duration,
     stop_timeout: Duration,
 }
 
 impl ServiceHandle {
-    /// The address actually bound (port 0 resolved).
+    /// The (first) address actually bound (port 0 resolved).
     pub fn address(&self) -> &Address {
-        &self.address
+        &self.addresses[0]
     }
 
-    /// Requests being served right now.
+    /// Every address bound, in the order given.
+    pub fn addresses(&self) -> &[Address] {
+        &self.addresses
+    }
+
+    /// Requests waiting on their handler right now.
     pub fn inflight(&self) -> usize {
         self.tracker.inflight()
     }
 
+    pub fn stats(&self) -> ServiceStats {
+        ServiceStats {
+            connections: self.tracker.connections(),
+            requests: self.tracker.requests(),
+        }
+    }
+
     /// Graceful stop: deregister first, keep serving until nothing is in
-    /// flight and no request arrived for `quiet_period`, then close every
-    /// connection. The whole stop takes at most `stop_timeout`.
+    /// flight and no request arrived for `quiet_period`, then stop reading,
+    /// write the replies still due and close every connection. The whole
+    /// stop takes at most `stop_timeout`.
     pub async fn stop(mut self) {
         let deadline = Instant::now() + self.stop_timeout;
-        if let Some((reg, _registry)) = self.registration.take() {
-            reg.deregister().await;
+        if !self.registrations.is_empty() {
+            for reg in self.registrations.drain(..) {
+                reg.deregister().await;
+            }
             tracing::info!("deregistered");
         }
         loop {
@@ -174,29 +230,29 @@ impl ServiceHandle {
         }
         let _ = self.shutdown.send(true);
         let rest = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(100);
-        if tokio::time::timeout(rest, &mut self.accept).await.is_err() {
-            self.accept.abort();
+        let all = futures::future::join_all(self.accept.iter_mut());
+        if tokio::time::timeout(rest, all).await.is_err() {
+            self.accept.iter().for_each(JoinHandle::abort);
         }
         tracing::info!("service stopped");
     }
 }
 
-#[derive(Clone, Copy)]
-struct ConnSettings {
+/// What every connection of a service shares.
+struct ConnShared {
+    handler: Arc<dyn Handler>,
+    tracker: Arc<Tracker>,
     max_frame: usize,
     max_inflight: usize,
-    frame_timeout: std::time::Duration,
+    frame_timeout: Duration,
 }
 
 async fn accept_loop(
     listener: Listener,
-    handler: Arc<dyn Handler>,
-    tracker: Arc<Tracker>,
-    settings: ConnSettings,
-    max_connections: usize,
+    shared: Arc<ConnShared>,
+    permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(max_connections));
     let mut conns = JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -214,10 +270,11 @@ async fn accept_loop(
             },
             _ = stopped(&mut shutdown) => break,
         };
+        shared.tracker.accepted();
         while conns.try_join_next().is_some() {}
-        let (h, t, s) = (handler.clone(), tracker.clone(), shutdown.clone());
+        let (shared, s) = (shared.clone(), shutdown.clone());
         conns.spawn(async move {
-            serve_conn(stream, h, t, settings, s).await;
+            serve_conn(stream, &shared, s).await;
             drop(permit);
         });
     }
@@ -225,86 +282,136 @@ async fn accept_loop(
     while conns.join_next().await.is_some() {}
 }
 
-/// One connection: reads requests (at most `max_inflight` unanswered, then
-/// reading pauses), echoes heartbeats, spawns each request.
-async fn serve_conn(
-    stream: Stream,
-    handler: Arc<dyn Handler>,
-    tracker: Arc<Tracker>,
-    settings: ConnSettings,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// One connection, owned by one task: reads every waiting request per
+/// wake-up, answers heartbeats, starts each request (see
+/// [`crate::conn::start`]) and writes the replies of a batch together,
+/// racing writes against reads. Reading pauses while `max_inflight`
+/// requests are unanswered (running, or answered but not yet written).
+async fn serve_conn(stream: Stream, shared: &ConnShared, mut shutdown: watch::Receiver<bool>) {
     let peer = stream.peer();
     let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, FrameCodec::new(settings.max_frame))
-        .with_frame_timeout(settings.frame_timeout);
-    let (tx, writer) = spawn_writer(w);
-    let limit = Arc::new(Semaphore::new(settings.max_inflight));
+    let mut reader = FrameReader::new(r, FrameCodec::new(shared.max_frame))
+        .with_frame_timeout(shared.frame_timeout);
+    let mut writer = FrameWriter::new(w);
+    // Outcomes of the requests that went to tasks of their own.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done<()>>();
+    let mut running = 0usize;
+    // Cleared on shutdown, end of input or bad input: then the replies
+    // still due are written and the connection closes.
+    let mut reading = true;
+    let mut paused = false;
     loop {
-        let permit = match limit.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                let p = tokio::select! {
-                    p = limit.clone().acquire_owned() => p.expect("never closed"),
-                    _ = stopped(&mut shutdown) => break,
+        let full = running + writer.len() >= shared.max_inflight;
+        if !reading && running == 0 && writer.is_empty() {
+            break;
+        }
+        if paused && !full {
+            // The pause was ours (backpressure), not the peer's.
+            reader.reset_frame_clock();
+        }
+        paused = full;
+        tokio::select! {
+            biased;
+            Some((_, reply)) = done_rx.recv(), if running > 0 => {
+                running -= 1;
+                writer.extend(reply);
+                while running > 0 {
+                    let Ok((_, reply)) = done_rx.try_recv() else { break };
+                    running -= 1;
+                    writer.extend(reply);
+                }
+            }
+            r = writer.write_some(), if !writer.is_empty() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "write failed; connection closed");
+                    return;
+                }
+            }
+            frame = reader.next(), if reading && !full => {
+                let Some(mut frame) = frame else {
+                    reading = false;
+                    continue;
                 };
-                // The pause was ours (backpressure), not the peer's.
-                reader.reset_frame_clock();
-                p
-            }
-        };
-        let frame = tokio::select! {
-            f = reader.next() => f,
-            _ = stopped(&mut shutdown) => break,
-        };
-        let frame = match frame {
-            None => break,
-            Some(Ok(f)) => f,
-            Some(Err(e)) => {
-                tracing::warn!(%peer, error = %e, "bad frame; closing connection");
-                let header = reader
-                    .buffered()
-                    .get(rpc_codec::LEN_PREFIX..)
-                    .and_then(rpc_codec::Header::peek);
-                let _ = tx.send(protocol_error(header, &e.to_string()));
-                break;
-            }
-        };
-        let mut msg = match Message::parse_or_peek(frame) {
-            Ok(m) => m,
-            Err((e, header)) => {
-                tracing::warn!(%peer, error = %e, "bad message; closing connection");
-                let _ = tx.send(protocol_error(header, &e.to_string()));
-                break;
-            }
-        };
-        match msg.kind() {
-            MessageType::Heartbeat => {
-                let _ = tx.send(msg.into_bytes());
-            }
-            MessageType::Call | MessageType::Oneway => {
-                msg.strip_service();
-                let guard = tracker.begin();
-                let (h, tx) = (handler.clone(), tx.clone());
-                tokio::spawn(async move {
-                    if let Some(reply) = run_request(&h, msg).await {
-                        let _ = tx.send(reply);
+                let mut requests = 0;
+                // This frame and every other one already read, as far as
+                // the in-flight limit allows.
+                loop {
+                    match read_one(frame, &reader) {
+                        Incoming::Request(msg) => {
+                            requests += 1;
+                            match start(&shared.handler, msg, &shared.tracker, &done_tx, ()) {
+                                Some(reply) => writer.extend(reply),
+                                None => running += 1,
+                            }
+                        }
+                        Incoming::Heartbeat(echo) => writer.push(echo),
+                        Incoming::Bad(why, exception) => {
+                            tracing::warn!(%peer, error = %why, "bad input; closing connection");
+                            writer.push(exception);
+                            reading = false;
+                            break;
+                        }
                     }
-                    drop((guard, permit));
-                });
+                    if running + writer.len() >= shared.max_inflight {
+                        break;
+                    }
+                    match reader.next_buffered() {
+                        Some(f) => frame = f,
+                        None => break,
+                    }
+                }
+                shared.tracker.arrived(requests);
             }
-            other => {
-                tracing::warn!(%peer, kind = ?other, "unexpected message type; closing connection");
-                let e = format!("unexpected message type {other:?} sent to a service");
-                let _ = tx.send(protocol_error(Some(msg.header()), &e));
-                break;
-            }
+            _ = stopped(&mut shutdown), if reading => reading = false,
         }
     }
-    // In-flight requests hold their own senders; the writer flushes their
-    // replies and closes once the last one is done.
-    drop(tx);
-    let _ = writer.await;
+    let _ = tokio::io::AsyncWriteExt::shutdown(writer.get_mut()).await;
+}
+
+/// One frame as read by a service connection.
+enum Incoming {
+    /// A call or oneway, its name stripped of any `service:` prefix.
+    Request(Message),
+    /// A heartbeat, to be sent back unchanged.
+    Heartbeat(Bytes),
+    /// Unreadable or unexpected input: why, and the exception to send
+    /// before the connection closes.
+    Bad(String, Bytes),
+}
+
+fn read_one(frame: Result<BytesMut, FrameError>, reader: &FrameReader) -> Incoming {
+    let frame = match frame {
+        Ok(f) => f,
+        Err(e) => {
+            let header = reader
+                .buffered()
+                .get(rpc_codec::LEN_PREFIX..)
+                .and_then(rpc_codec::Header::peek);
+            let why = e.to_string();
+            let exception = protocol_error(header, &why);
+            return Incoming::Bad(why, exception);
+        }
+    };
+    let mut msg = match Message::parse_or_peek(frame) {
+        Ok(m) => m,
+        Err((e, header)) => {
+            let why = e.to_string();
+            let exception = protocol_error(header, &why);
+            return Incoming::Bad(why, exception);
+        }
+    };
+    match msg.kind() {
+        MessageType::Heartbeat => Incoming::Heartbeat(msg.into_bytes()),
+        MessageType::Call | MessageType::Oneway => {
+            msg.strip_service();
+            Incoming::Request(msg)
+        }
+        other => {
+            let why = format!("unexpected message type {other:?} sent to a service");
+            let exception = protocol_error(Some(msg.header()), &why);
+            Incoming::Bad(why, exception)
+        }
+    }
 }
 
 /// Resolves once the shutdown flag is set (or its sender is gone).

@@ -1,16 +1,21 @@
 //! Counts requests in flight and remembers when the last one arrived, so a
-//! graceful stop can wait for "idle and quiet".
+//! graceful stop can wait for "idle and quiet"; also the counters a
+//! [`crate::ServiceHandle`] reports.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::Notify;
 
 pub(crate) struct Tracker {
+    /// Requests running on tasks of their own (ones answered at their
+    /// first poll never wait, so they never count).
     inflight: AtomicUsize,
     idle: Notify,
     last_request: Mutex<Instant>,
+    requests: AtomicU64,
+    connections: AtomicU64,
 }
 
 impl Tracker {
@@ -19,14 +24,27 @@ impl Tracker {
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
             last_request: Mutex::new(Instant::now()),
+            requests: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
         })
     }
 
-    /// Marks a request as started; it ends when the guard drops.
+    /// Marks a request as running; it ends when the guard drops.
     pub fn begin(self: &Arc<Self>) -> InflightGuard {
         self.inflight.fetch_add(1, Ordering::SeqCst);
-        *self.last_request.lock().unwrap() = Instant::now();
         InflightGuard(self.clone())
+    }
+
+    /// Records `n` requests just read: once per batch, not per request.
+    pub fn arrived(&self, n: u64) {
+        if n > 0 {
+            self.requests.fetch_add(n, Ordering::Relaxed);
+            *self.last_request.lock().unwrap() = Instant::now();
+        }
+    }
+
+    pub fn accepted(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn inflight(&self) -> usize {
@@ -35,6 +53,14 @@ impl Tracker {
 
     pub fn last_request(&self) -> Instant {
         *self.last_request.lock().unwrap()
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// Resolves once nothing is in flight.

@@ -1,18 +1,19 @@
 //! The L4 worker (SPEC §5): dials the LB's `back_address` and serves the
 //! requests the LB sends over that one connection.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use rpc_codec::{application_exception, ExceptionKind, FrameCodec, Message, MessageType};
 use rpc_config::Config;
-use rpc_transport::{Address, FrameReader, Stream};
-use tokio::sync::{watch, Semaphore};
+use rpc_transport::{Address, FrameReader, FrameWriter, Stream, WriteHalf};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
-use crate::conn::{protocol_error, run_request, spawn_writer};
+use crate::conn::{protocol_error, start, Done};
 use crate::tracker::Tracker;
 use crate::Handler;
 
@@ -127,7 +128,15 @@ impl Worker {
     async fn main_loop(self, mut stop: watch::Receiver<bool>, connected: watch::Sender<bool>) {
         let me = Arc::new(self);
         let tracker = Tracker::new();
-        let pool = Arc::new(Semaphore::new(me.pool_size));
+        // Outcomes of the requests that went to tasks of their own, tagged
+        // with the connection that read them: one that ended a connection
+        // ago still frees its pool slot, but its reply has nowhere to go.
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done<u64>>();
+        let mut pool = Pool {
+            size: me.pool_size,
+            running: 0,
+            conn: 0,
+        };
         let mut backoff = me.backoff_initial;
         while !*stop.borrow() {
             let dial = tokio::time::timeout(me.connect_timeout, Stream::connect(&me.back_address));
@@ -140,8 +149,10 @@ impl Worker {
                     tracing::info!(lb = %me.back_address, "connected to LB");
                     backoff = me.backoff_initial;
                     let _ = connected.send(true);
+                    pool.conn += 1;
+                    let channel = (&done_tx, &mut done_rx);
                     let end = me
-                        .serve_connection(stream, &tracker, &pool, &mut stop)
+                        .serve_connection(stream, &tracker, &mut pool, channel, &mut stop)
                         .await;
                     let _ = connected.send(false);
                     if let ConnEnd::Stopped = end {
@@ -165,102 +176,150 @@ impl Worker {
         let _ = tokio::time::timeout(me.stop_timeout, tracker.wait_idle()).await;
     }
 
+    /// Serves one connection to the LB, owned by this one task: reads every
+    /// waiting frame per wake-up, starts requests while a pool slot is free
+    /// (queueing the rest in arrival order), and writes the replies of a
+    /// batch together, racing writes against reads.
     async fn serve_connection(
         &self,
         stream: Stream,
         tracker: &Arc<Tracker>,
-        pool: &Arc<Semaphore>,
+        pool: &mut Pool,
+        (done_tx, done_rx): (
+            &mpsc::UnboundedSender<Done<u64>>,
+            &mut mpsc::UnboundedReceiver<Done<u64>>,
+        ),
         stop: &mut watch::Receiver<bool>,
     ) -> ConnEnd {
         let (r, w) = stream.into_split();
         let mut reader = FrameReader::new(r, FrameCodec::new(self.max_frame));
-        let (tx, writer) = spawn_writer(w);
-        let queue = Arc::new(Semaphore::new(self.pool_size + self.max_queued));
-        let mut silence = Instant::now() + self.heartbeat_timeout;
+        let mut writer = FrameWriter::new(w);
+        let mut queue: VecDeque<Message> = VecDeque::new();
+        // One timer for the LB's silence: it is pushed back only when it
+        // fires, to the last frame's time plus the timeout.
+        let mut last_frame = Instant::now();
+        let silence = sleep_until(last_frame + self.heartbeat_timeout);
+        tokio::pin!(silence);
         // Set once STOP is sent: the deadline of the whole stop.
-        let mut stopping: Option<Instant> = None;
+        let stop_deadline = sleep_until(Instant::now());
+        tokio::pin!(stop_deadline);
+        let mut stopping = false;
         let mut confirmed = false;
-        let end = loop {
-            if confirmed && tracker.inflight() == 0 {
+        let end = 'conn: loop {
+            if confirmed && pool.running == 0 && queue.is_empty() && writer.is_empty() {
                 tracing::info!("stop confirmed and idle; closing");
                 break ConnEnd::Stopped;
             }
             tokio::select! {
-                _ = stop.wait_for(|s| *s), if stopping.is_none() => {
-                    tracing::info!("stopping: sending STOP to the LB");
-                    let _ = tx.send(rpc_codec::stop().freeze());
-                    stopping = Some(Instant::now() + self.stop_timeout);
+                biased;
+                Some(first) = done_rx.recv(), if pool.running > 0 => {
+                    let mut next = Some(first);
+                    while let Some((conn, reply)) = next {
+                        pool.running -= 1;
+                        if conn == pool.conn {
+                            writer.extend(reply);
+                        }
+                        next = if pool.running > 0 { done_rx.try_recv().ok() } else { None };
+                    }
+                    while pool.running < pool.size {
+                        let Some(msg) = queue.pop_front() else { break };
+                        self.start_now(msg, tracker, pool, done_tx, &mut writer);
+                    }
                 }
-                _ = tracker.wait_idle(), if confirmed => {}
-                _ = sleep_until(stopping.unwrap_or_else(Instant::now)), if stopping.is_some() => {
-                    tracing::warn!(inflight = tracker.inflight(), "stop timeout reached");
+                r = writer.write_some(), if !writer.is_empty() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "write to the LB failed");
+                        break ConnEnd::Lost;
+                    }
+                }
+                _ = stop.wait_for(|s| *s), if !stopping => {
+                    tracing::info!("stopping: sending STOP to the LB");
+                    writer.push(rpc_codec::stop().freeze());
+                    stopping = true;
+                    stop_deadline.as_mut().reset(Instant::now() + self.stop_timeout);
+                }
+                _ = &mut stop_deadline, if stopping => {
+                    tracing::warn!(inflight = pool.running + queue.len(), "stop timeout reached");
                     break ConnEnd::Stopped;
                 }
-                _ = sleep_until(silence) => {
-                    tracing::warn!(timeout = ?self.heartbeat_timeout, "no heartbeat from the LB");
-                    break ConnEnd::Lost;
+                _ = &mut silence => {
+                    let due = last_frame + self.heartbeat_timeout;
+                    if due <= Instant::now() {
+                        tracing::warn!(timeout = ?self.heartbeat_timeout, "no heartbeat from the LB");
+                        break ConnEnd::Lost;
+                    }
+                    silence.as_mut().reset(due);
                 }
                 frame = reader.next() => {
-                    silence = Instant::now() + self.heartbeat_timeout;
-                    let frame = match frame {
-                        None => break ConnEnd::Lost,
-                        Some(Ok(f)) => f,
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "bad frame from the LB");
-                            let header = reader.buffered().get(rpc_codec::LEN_PREFIX..).and_then(rpc_codec::Header::peek);
-                            let _ = tx.send(protocol_error(header, &e.to_string()));
-                            break ConnEnd::Lost;
+                    last_frame = Instant::now();
+                    let Some(mut frame) = frame else { break ConnEnd::Lost };
+                    loop {
+                        let msg = match frame.map_err(|e| (e.to_string(), None)).and_then(|f| {
+                            Message::parse_or_peek(f).map_err(|(e, h)| (e.to_string(), h))
+                        }) {
+                            Ok(m) => m,
+                            Err((why, header)) => {
+                                tracing::warn!(error = %why, "bad input from the LB");
+                                let header = header.or_else(|| {
+                                    reader
+                                        .buffered()
+                                        .get(rpc_codec::LEN_PREFIX..)
+                                        .and_then(rpc_codec::Header::peek)
+                                });
+                                writer.push(protocol_error(header, &why));
+                                break 'conn ConnEnd::Lost;
+                            }
+                        };
+                        match msg.kind() {
+                            MessageType::Heartbeat => writer.push(msg.into_bytes()),
+                            MessageType::StopConfirm => {
+                                tracing::info!(inflight = pool.running + queue.len(), "LB confirmed the stop");
+                                confirmed = true;
+                            }
+                            MessageType::Call | MessageType::Oneway => {
+                                self.dispatch(msg, &mut queue, tracker, pool, done_tx, &mut writer);
+                            }
+                            other => {
+                                tracing::warn!(kind = ?other, "unexpected message from the LB; ignored");
+                            }
                         }
-                    };
-                    let msg = match Message::parse_or_peek(frame) {
-                        Ok(m) => m,
-                        Err((e, header)) => {
-                            tracing::warn!(error = %e, "bad message from the LB");
-                            let _ = tx.send(protocol_error(header, &e.to_string()));
-                            break ConnEnd::Lost;
-                        }
-                    };
-                    match msg.kind() {
-                        MessageType::Heartbeat => {
-                            let _ = tx.send(msg.into_bytes());
-                        }
-                        MessageType::StopConfirm => {
-                            tracing::info!(inflight = tracker.inflight(), "LB confirmed the stop");
-                            confirmed = true;
-                        }
-                        MessageType::Call | MessageType::Oneway => {
-                            self.dispatch(msg, &queue, pool, tracker, &tx);
-                        }
-                        other => {
-                            tracing::warn!(kind = ?other, "unexpected message from the LB; ignored");
+                        match reader.next_buffered() {
+                            Some(f) => frame = f,
+                            None => break,
                         }
                     }
                 }
             }
         };
-        if matches!(end, ConnEnd::Lost) && stopping.is_some() {
+        if matches!(end, ConnEnd::Lost) && stopping {
             // The LB went away during our stop: nothing left to wait for.
-            drop(tx);
-            writer.abort();
             return ConnEnd::Stopped;
         }
-        drop(tx);
         // Replies already produced are written before the socket closes.
-        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        let flushed = tokio::time::timeout(Duration::from_secs(5), writer.flush()).await;
+        if let Ok(Ok(())) = flushed {
+            let _ = tokio::io::AsyncWriteExt::shutdown(writer.get_mut()).await;
+        }
         end
     }
 
-    /// Runs one request once a pool slot is free.
+    /// Starts a request now if a pool slot is free, else queues it; beyond
+    /// the queue's bound a call is refused.
     fn dispatch(
         &self,
         mut msg: Message,
-        queue: &Arc<Semaphore>,
-        pool: &Arc<Semaphore>,
+        queue: &mut VecDeque<Message>,
         tracker: &Arc<Tracker>,
-        tx: &tokio::sync::mpsc::UnboundedSender<bytes::Bytes>,
+        pool: &mut Pool,
+        done: &mpsc::UnboundedSender<Done<u64>>,
+        writer: &mut FrameWriter<WriteHalf>,
     ) {
         msg.strip_service();
-        let Ok(queued) = queue.clone().try_acquire_owned() else {
+        if pool.running < pool.size && queue.is_empty() {
+            self.start_now(msg, tracker, pool, done, writer);
+        } else if queue.len() < self.max_queued {
+            queue.push_back(msg);
+        } else {
             tracing::warn!("worker queue full; refusing a request");
             if msg.kind() == MessageType::Call {
                 let e = application_exception(
@@ -269,20 +328,35 @@ impl Worker {
                     ExceptionKind::InternalError,
                     "worker overloaded: too many queued requests",
                 );
-                let _ = tx.send(e.freeze());
+                writer.push(e.freeze());
             }
-            return;
-        };
-        let guard = tracker.begin();
-        let (h, pool, tx) = (self.handler.clone(), pool.clone(), tx.clone());
-        tokio::spawn(async move {
-            let _slot = pool.acquire_owned().await.expect("never closed");
-            if let Some(reply) = run_request(&h, msg).await {
-                let _ = tx.send(reply);
-            }
-            drop((queued, guard));
-        });
+        }
     }
+
+    /// Runs a request in a free pool slot: answered at once, or holding
+    /// the slot until its task reports back.
+    fn start_now(
+        &self,
+        msg: Message,
+        tracker: &Arc<Tracker>,
+        pool: &mut Pool,
+        done: &mpsc::UnboundedSender<Done<u64>>,
+        writer: &mut FrameWriter<WriteHalf>,
+    ) {
+        match start(&self.handler, msg, tracker, done, pool.conn) {
+            Some(reply) => writer.extend(reply),
+            None => pool.running += 1,
+        }
+    }
+}
+
+/// The worker's pool: requests running on tasks of their own, across
+/// connections (a request outlives a lost connection).
+struct Pool {
+    size: usize,
+    running: usize,
+    /// Which connection is current (counts up from 1).
+    conn: u64,
 }
 
 /// A running worker.

@@ -267,6 +267,61 @@ async fn listens_on_a_unix_socket() {
     svc.stop().await;
 }
 
+#[tokio::test]
+async fn listens_on_several_addresses_registers_each_and_counts_what_it_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("svc.sock");
+    let registry = MemRegistry::new();
+    let config = service_config("service=svc\nquiet_period=0");
+    let svc = Service::new(config, test_handler(Default::default()))
+        .with_registry(Arc::new(registry.clone()))
+        .listen_on([
+            "127.0.0.1:0".parse().unwrap(),
+            rpc_transport::Address::Unix(sock.clone()),
+        ])
+        .start()
+        .await
+        .unwrap();
+    let addrs = svc.addresses().to_vec();
+    assert_eq!(addrs.len(), 2);
+    assert!(!addrs[0].is_unix() && addrs[1].is_unix());
+    let mut registered: Vec<String> = registry
+        .endpoints("svc")
+        .into_iter()
+        .map(|e| e.frontend)
+        .collect();
+    registered.sort();
+    let mut expected: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    expected.sort();
+    assert_eq!(registered, expected);
+
+    let mut tcp = Peer::connect(&addrs[0]).await;
+    let mut unix = Peer::connect(&addrs[1]).await;
+    assert_eq!(tcp.call("echo", 1, b"tcp").await.body(), b"tcp");
+    assert_eq!(unix.call("echo", 2, b"unix").await.body(), b"unix");
+    tcp.send_frame(rpc_codec::heartbeat(3)).await;
+    tcp.recv_frame().await.unwrap();
+    // Heartbeats are not requests.
+    assert_eq!((svc.stats().connections, svc.stats().requests), (2, 2));
+    svc.stop().await;
+    assert!(registry.endpoints("svc").is_empty());
+}
+
+#[tokio::test]
+async fn reading_pauses_at_max_inflight() {
+    let (svc, _reg, _) = start("max_inflight=1").await;
+    let mut c = Peer::connect(svc.address()).await;
+    c.send(MessageType::Call, "slow", 1, b"first").await;
+    c.send(MessageType::Call, "echo", 2, b"second").await;
+    // With room for one request only, the echo is read (and answered)
+    // after the slow call, not before it as without the limit.
+    let a = c.recv().await.unwrap();
+    let b = c.recv().await.unwrap();
+    assert_eq!((a.seqid(), b.seqid()), (1, 2));
+    assert_eq!(b.body(), b"second");
+    svc.stop().await;
+}
+
 struct Echo;
 
 impl EchoSyncHandler for Echo {

@@ -33,6 +33,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.queue.is_empty()
     }
 
+    /// Frames queued (the front one possibly written in part).
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
     }
@@ -90,6 +95,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     pub fn into_inner(self) -> W {
         self.io
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Extend<Bytes> for FrameWriter<W> {
+    fn extend<I: IntoIterator<Item = Bytes>>(&mut self, frames: I) {
+        for f in frames {
+            self.push(f);
+        }
     }
 }
 
