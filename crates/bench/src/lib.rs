@@ -2,9 +2,9 @@
 //!
 //! - [`load`]: the load generator behind `rpc-bench` (closed and open
 //!   loop, every reply checked, HdrHistogram latencies);
-//! - [`server`]: the benchmark service behind `rpc-bench-server` (`echo`,
-//!   `sleep`, `fail`), as a listening endpoint or as a worker dialling an
-//!   `rpc-lb`;
+//! - [`server`]: the benchmark service's methods (`echo`, `sleep`,
+//!   `fail`) as an SDK handler, which `rpc-bench-server` serves as a
+//!   listening endpoint or as workers dialling an `rpc-lb`;
 //! - [`wire`]: the calls and replies both sides exchange;
 //! - [`report`]: counters, percentiles and the JSON report.
 

@@ -166,6 +166,62 @@ fn exit_code_is_one_on_wrong_replies_and_two_when_unreachable() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nobody.sock"));
 }
 
+#[test]
+fn listens_on_every_address_registers_each_and_deregisters_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry");
+    let cfg = dir.path().join("svc.ini");
+    std::fs::write(
+        &cfg,
+        format!("zk=local:{}\nproduct=test\n", registry.display()),
+    )
+    .unwrap();
+    let sock = dir.path().join("svc.sock");
+    let port = rpc_testkit::free_port();
+    let tcp = format!("127.0.0.1:{port}");
+    let mut p = Proc(
+        Command::new(SERVER)
+            .args(["--listen", &tcp, "--listen", sock.to_str().unwrap()])
+            .args(["-c", cfg.to_str().unwrap(), "--service", "echoes"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(p.0.stdout.take().unwrap()).lines();
+    let mut said = Vec::new();
+    while said.len() < 4 {
+        said.push(lines.next().expect("four lines").unwrap());
+    }
+    let sock = sock.to_str().unwrap();
+    assert_eq!(
+        said,
+        [
+            format!("listening on {tcp}"),
+            format!("listening on {sock}"),
+            format!("registered echoes at {tcp}"),
+            format!("registered echoes at {sock}"),
+        ]
+    );
+    let entries = || {
+        std::fs::read_dir(registry.join("test/services/echoes"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(entries(), 2);
+    for target in [tcp.as_str(), sock] {
+        let out = bench(&["-t", target, "--service", "echoes", "-c", "1", "-d", "4"]);
+        assert!(
+            out.status.success(),
+            "{target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(STEP).success());
+    assert_eq!(entries(), 0, "deregistered before exiting");
+}
+
 /// The LB side of one worker connection.
 struct Lb {
     r: FrameReader,

@@ -8,36 +8,35 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rpc_bench::load::{self, LoadConfig};
 use rpc_bench::report::{Live, Report};
-use rpc_bench::server::{self, ServeConfig, ServerStats};
+use rpc_bench::server::BenchHandler;
 use rpc_bench::wire;
 use rpc_codec::{FrameCodec, Message};
+use rpc_sdk::{Service, ServiceHandle};
 use rpc_transport::{Address, FrameReader, FrameWriter, Listener};
-use tokio::sync::watch;
 
 /// Every test finishes well within this.
 const LIMIT: Duration = Duration::from_secs(30);
 
 struct GoodServer {
     addr: Address,
-    stats: Arc<ServerStats>,
-    _stop: watch::Sender<bool>,
+    svc: ServiceHandle,
 }
 
+/// The benchmark service as `rpc-bench-server` runs it: the SDK service
+/// with the bench handler, not registered.
 async fn good_server(addr: &str) -> GoodServer {
-    let l = Listener::bind(&addr.parse().unwrap()).await.unwrap();
-    let addr = l.local_address();
-    let stats = Arc::new(ServerStats::default());
-    let (stop, rx) = watch::channel(false);
-    tokio::spawn(server::serve_listener(
-        l,
-        Arc::new(ServeConfig::default()),
-        stats.clone(),
-        rx,
-    ));
+    let config = rpc_config::Config {
+        stand_alone: true,
+        ..Default::default()
+    };
+    let svc = Service::new(config, BenchHandler::default())
+        .listen_on([addr.parse().unwrap()])
+        .start()
+        .await
+        .unwrap();
     GoodServer {
-        addr,
-        stats,
-        _stop: stop,
+        addr: svc.address().clone(),
+        svc,
     }
 }
 
@@ -83,7 +82,7 @@ async fn known_good_server_every_request_answered_and_counted() {
     assert!(c.expected_exceptions > 0 && r.latency_slow.count > 0);
     assert!(r.latency_slow.p50_us >= 5_000, "{}", r.summary());
     // The server saw exactly what the generator says it sent.
-    assert_eq!(s.stats.calls.load(Ordering::SeqCst), c.sent);
+    assert_eq!(s.svc.stats().requests, c.sent);
     assert!(r.measured > 0 && r.measured <= c.ok);
     assert!(r.throughput_rps > 0.0);
 }
@@ -104,7 +103,7 @@ async fn unix_socket_prefixed_names_and_large_payloads() {
     .await;
     assert!(r.passed, "{}", r.summary());
     assert!(r.counts.ok > 0);
-    assert_eq!(s.stats.calls.load(Ordering::SeqCst), r.counts.sent);
+    assert_eq!(s.svc.stats().requests, r.counts.sent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +116,11 @@ async fn idle_connections_are_opened_and_held() {
     .await;
     assert!(r.passed, "{}", r.summary());
     assert_eq!(r.idle_connections_open, 50);
-    assert_eq!(s.stats.connections.load(Ordering::SeqCst), 52);
+    // Connected, as the generator counts it, is not yet accepted.
+    rpc_testkit::eventually("every connection accepted", || {
+        s.svc.stats().connections == 52
+    })
+    .await;
 }
 
 /// How a broken server spoils its replies.

@@ -1,20 +1,23 @@
 //! `rpc-bench-server`: the benchmark service (`echo`, `sleep`, `fail`).
 //!
-//! - `--listen ADDR` serves connections directly (a service endpoint);
-//!   with `-c config.ini` it also registers `service` at that address in
-//!   the configured registry (`zk`, `product`).
-//! - `--worker BACK_ADDRESS` dials an `rpc-lb` as a worker process
-//!   (SPEC §5) and serves up to `--pool-size` calls at once; SIGTERM sends
-//!   `STOP`, waits for the confirmation and the calls in flight, and exits.
+//! Both modes run the Rust SDK with [`BenchHandler`]:
+//!
+//! - `--listen ADDR` (repeatable) serves connections directly, as an
+//!   `rpc_sdk::Service`; with `-c config.ini` it also registers `service`
+//!   at each address in the configured registry (`zk`, `product`).
+//!   SIGTERM deregisters, answers the calls in flight and exits.
+//! - `--worker BACK_ADDRESS` dials an `rpc-lb` as `--workers` SDK workers
+//!   (SPEC §5), each serving up to `--pool-size` calls at once; SIGTERM
+//!   sends `STOP`, waits for the confirmation and the calls in flight, and
+//!   exits.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use rpc_bench::server::{self, ServeConfig, ServerStats};
+use rpc_bench::server::BenchHandler;
 use rpc_config::{CommonArgs, Config};
-use rpc_transport::{Address, Listener};
-use tokio::sync::watch;
+use rpc_sdk::{Service, Worker};
+use rpc_transport::Address;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,8 +37,9 @@ struct Args {
     /// Worker connections this process opens (each one a worker).
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Calls served at once per connection (default: the config's
-    /// worker_pool_size in worker mode, unlimited when listening).
+    /// Calls served at once per connection. Worker: later calls queue
+    /// (default: the config's worker_pool_size, else 1). Listening: later
+    /// calls wait unread (default: the config's max_inflight, 1024).
     #[arg(long)]
     pool_size: Option<usize>,
     /// Service name to register (default: the config's `service`, else `bench`).
@@ -53,7 +57,7 @@ struct Args {
     /// Worker: seconds without a heartbeat before the LB counts as lost.
     #[arg(long, default_value_t = 5.0)]
     heartbeat_timeout: f64,
-    /// Worker: most seconds a graceful stop may take.
+    /// Most seconds a graceful stop (SIGTERM) may take.
     #[arg(long, default_value_t = 30.0)]
     stop_timeout: f64,
     /// Runtime worker threads (1: single-threaded; 0: single-threaded on up to 4 cores, else one per core).
@@ -80,70 +84,53 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-fn serve_config(args: &Args, pool: usize, config: Option<&Config>) -> ServeConfig {
-    ServeConfig {
-        pool_size: pool,
+fn handler(args: &Args) -> BenchHandler {
+    BenchHandler {
         default_sleep: Duration::from_millis(args.sleep_ms),
         delay: Duration::from_millis(args.delay_ms),
-        max_frame: config
-            .map(|c| c.max_frame_size)
-            .unwrap_or(rpc_codec::DEFAULT_MAX_FRAME),
-        ..ServeConfig::default()
     }
 }
 
+fn stop_timeout(args: &Args) -> Duration {
+    Duration::from_secs_f64(args.stop_timeout.max(0.0))
+}
+
 async fn listen_mode(args: Args, config: Option<Config>) -> anyhow::Result<()> {
-    let mut addrs = args.listen.clone();
-    if addrs.is_empty() {
-        let c = config.as_ref().ok_or_else(|| {
-            anyhow::anyhow!("give --listen ADDR, --worker BACK_ADDRESS or -c config.ini")
-        })?;
-        addrs.push(c.front_address()?);
+    if args.listen.is_empty() && config.is_none() {
+        anyhow::bail!("give --listen ADDR, --worker BACK_ADDRESS or -c config.ini");
     }
-    let cfg = Arc::new(serve_config(
-        &args,
-        args.pool_size.unwrap_or(usize::MAX),
-        config.as_ref(),
-    ));
-    let stats = Arc::new(ServerStats::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut bound = Vec::new();
-    for a in &addrs {
-        let l = Listener::bind(a)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {a}: {e}"))?;
-        let local = l.local_address();
-        println!("listening on {local}");
-        bound.push(local);
-        tokio::spawn(server::serve_listener(
-            l,
-            cfg.clone(),
-            stats.clone(),
-            stop_rx.clone(),
-        ));
+    let register = config.is_some() && !args.no_register;
+    let mut c = config.unwrap_or_default();
+    c.stand_alone = !register;
+    if register {
+        let service = args.service.clone().or(c.service.take());
+        c.service = Some(service.unwrap_or_else(|| "bench".into()));
     }
-    let mut registrations = Vec::new();
-    if let (Some(c), false) = (&config, args.no_register) {
-        let service = args
-            .service
-            .clone()
-            .or_else(|| c.service.clone())
-            .unwrap_or_else(|| "bench".into());
-        let registry = rpc_registry::open(c).await?;
-        for a in &bound {
-            let mut e = rpc_registry::Endpoint::new(&service, &a.to_string());
-            if let Some(v) = &args.common.code_url_version {
-                e.code_url_version = v.clone();
-            }
-            registrations.push(registry.register(e).await?);
-            println!("registered {service} at {a}");
+    if let Some(pool) = args.pool_size {
+        // Calls read and not yet answered per connection; later ones wait
+        // in the socket, in arrival order.
+        anyhow::ensure!(pool >= 1, "--pool-size must be at least 1");
+        c.max_inflight = pool;
+    }
+    // Deregister, answer what is in flight and exit: no quiet period.
+    c.quiet_period = Duration::ZERO;
+    c.stop_timeout = stop_timeout(&args);
+    let mut service = Service::new(c.clone(), handler(&args)).listen_on(args.listen.clone());
+    if let Some(v) = &args.common.code_url_version {
+        service = service.with_code_url_version(v.clone());
+    }
+    let handle = service.start().await?;
+    for a in handle.addresses() {
+        println!("listening on {a}");
+    }
+    if register {
+        let name = c.service.as_deref().unwrap_or_default();
+        for a in handle.addresses() {
+            println!("registered {name} at {a}");
         }
     }
-    server::wait_for_signal().await;
-    for r in registrations {
-        r.deregister().await;
-    }
-    let _ = stop_tx.send(true);
+    rpc_sdk::wait_for_signal().await;
+    handle.stop().await;
     Ok(())
 }
 
@@ -154,33 +141,27 @@ async fn worker_mode(args: Args, config: Option<Config>, back: Address) -> anyho
         .unwrap_or(1);
     anyhow::ensure!(pool >= 1, "--pool-size must be at least 1");
     anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
-    let cfg = Arc::new(serve_config(&args, pool, config.as_ref()));
-    let stats = Arc::new(ServerStats::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let hb = Duration::from_secs_f64(args.heartbeat_timeout.max(0.1));
-    let stop = Duration::from_secs_f64(args.stop_timeout.max(0.0));
-    let tasks: Vec<_> = (0..args.workers)
-        .map(|_| {
-            tokio::spawn(server::run_worker(
-                back.clone(),
-                cfg.clone(),
-                stats.clone(),
-                hb,
-                stop,
-                stop_rx.clone(),
-            ))
-        })
-        .collect();
+    let max_frame = config
+        .as_ref()
+        .map(|c| c.max_frame_size)
+        .unwrap_or(rpc_codec::DEFAULT_MAX_FRAME);
+    let mut workers = Vec::new();
+    for _ in 0..args.workers {
+        let w = Worker::new(back.clone(), pool, handler(&args))
+            .max_frame_size(max_frame)
+            .heartbeat_timeout(Duration::from_secs_f64(args.heartbeat_timeout.max(0.1)))
+            .stop_timeout(stop_timeout(&args));
+        workers.push(w.start().await);
+    }
     println!(
         "worker dialling {back} (pool size {pool}, {} connection(s))",
         args.workers
     );
-    server::wait_for_signal().await;
-    let _ = stop_tx.send(true);
-    let all = futures::future::join_all(tasks);
+    rpc_sdk::wait_for_signal().await;
+    let all = futures::future::join_all(workers.into_iter().map(|w| w.stop()));
     tokio::select! {
         _ = all => {}
-        _ = server::wait_for_signal() => tracing::warn!("second signal: exiting now"),
+        _ = rpc_sdk::wait_for_signal() => tracing::warn!("second signal: exiting now"),
     }
     Ok(())
 }
