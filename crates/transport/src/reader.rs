@@ -11,8 +11,10 @@ use tokio_util::codec::Decoder;
 
 use crate::stream::ReadHalf;
 
-/// Bytes requested from the kernel per read when no frame is pending.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes requested from the kernel per read, at first and at least.
+const MIN_CHUNK: usize = 16 * 1024;
+/// The most a read grows to while reads keep filling the whole buffer.
+const MAX_CHUNK: usize = 256 * 1024;
 
 /// Reads frames, many per wake-up, holding no buffer while the connection
 /// is idle.
@@ -31,6 +33,10 @@ pub struct FrameReader {
     frame_timeout: Option<Duration>,
     /// Since when we have been waiting for the rest of a buffered frame.
     partial_since: Option<Instant>,
+    /// Bytes to make room for before a read: doubles while reads fill
+    /// the room they are given (a peer streaming large frames gets one
+    /// `recv` per many frames), halves when they use little of it.
+    chunk: usize,
 }
 
 impl FrameReader {
@@ -41,6 +47,7 @@ impl FrameReader {
             codec,
             frame_timeout: None,
             partial_since: None,
+            chunk: MIN_CHUNK,
         }
     }
 
@@ -124,12 +131,18 @@ impl FrameReader {
     /// an empty buffer gives the buffer back (readiness can be reported
     /// for a socket with nothing to read, e.g. just after accept).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
+        if self.buf.capacity() - self.buf.len() < self.chunk / 4 {
+            self.buf.reserve(self.chunk);
         }
+        let room = self.buf.capacity() - self.buf.len();
         let r = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf);
-        if r.is_pending() && self.buf.is_empty() {
-            self.buf = BytesMut::new();
+        match &r {
+            Poll::Ready(Ok(n)) if *n == room => self.chunk = (self.chunk * 2).min(MAX_CHUNK),
+            Poll::Ready(Ok(n)) if *n < self.chunk / 8 => {
+                self.chunk = (self.chunk / 2).max(MIN_CHUNK)
+            }
+            Poll::Pending if self.buf.is_empty() => self.buf = BytesMut::new(),
+            _ => {}
         }
         r
     }
@@ -155,6 +168,38 @@ mod tests {
         assert_eq!(reader.capacity(), 0);
         c.write_all(&[0, 0, 0, 1, 7]).await.unwrap();
         assert_eq!(&reader.next().await.unwrap().unwrap()[..], &[0, 0, 0, 1, 7]);
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(50), reader.next()).await;
+        assert!(idle.is_err());
+        assert_eq!(reader.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn reads_grow_while_a_backlog_fills_them_and_the_buffer_goes_when_idle() {
+        let l = Listener::bind(&Address::Tcp("127.0.0.1:0".into()))
+            .await
+            .unwrap();
+        let mut c = Stream::connect(&l.local_address()).await.unwrap();
+        let (r, _w) = l.accept().await.unwrap().into_split();
+        let frames = 1024u32;
+        let writer = tokio::spawn(async move {
+            let mut frame = vec![0u8; 4 + 4096];
+            frame[..4].copy_from_slice(&4096u32.to_be_bytes());
+            for _ in 0..frames {
+                c.write_all(&frame).await.unwrap();
+            }
+            c
+        });
+        let mut reader = FrameReader::new(r, FrameCodec::default());
+        let mut largest = 0;
+        for _ in 0..frames {
+            let f = reader.next().await.unwrap().unwrap();
+            assert_eq!(f.len(), 4 + 4096);
+            largest = largest.max(reader.capacity());
+        }
+        let _c = writer.await.unwrap();
+        // 4 MiB arrived faster than it was read: reads asked for more than
+        // the 16 KiB they start with.
+        assert!(largest >= 4 * MIN_CHUNK, "largest buffer {largest}");
         let idle = tokio::time::timeout(std::time::Duration::from_millis(50), reader.next()).await;
         assert!(idle.is_err());
         assert_eq!(reader.capacity(), 0);
