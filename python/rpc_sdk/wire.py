@@ -146,16 +146,9 @@ class FrameReader:
         ``wait`` is None), ProtocolError on a bad length, ConnectionError on
         EOF inside a frame."""
         while True:
-            if len(self._buf) >= 4:
-                (n,) = struct.unpack_from(">i", self._buf, 0)
-                if n < 0 or n > self.max_frame_size:
-                    raise ProtocolError(
-                        f"frame length {n} outside 0..={self.max_frame_size}"
-                    )
-                if len(self._buf) >= 4 + n:
-                    payload = bytes(self._buf[4 : 4 + n])
-                    del self._buf[: 4 + n]
-                    return payload
+            payload = self.buffered()
+            if payload is not None:
+                return payload
             if wait is not None:
                 readable, _, _ = select.select([self.sock], [], [], wait)
                 if not readable:
@@ -166,3 +159,18 @@ class FrameReader:
                     raise ConnectionError("connection closed inside a frame")
                 return None
             self._buf += chunk
+
+    def buffered(self) -> Optional[bytes]:
+        """The next payload if a whole frame is already buffered, else None
+        (no I/O). Raises ProtocolError on a bad length."""
+        buf = self._buf
+        if len(buf) < 4:
+            return None
+        (n,) = struct.unpack_from(">i", buf, 0)
+        if n < 0 or n > self.max_frame_size:
+            raise ProtocolError(f"frame length {n} outside 0..={self.max_frame_size}")
+        if len(buf) < 4 + n:
+            return None
+        payload = bytes(buf[4 : 4 + n])
+        del buf[: 4 + n]
+        return payload

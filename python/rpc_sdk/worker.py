@@ -32,7 +32,7 @@ import socket
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from queue import SimpleQueue
 from typing import Optional, Sequence, Union
 
 from thrift.protocol.TBinaryProtocol import TBinaryProtocolAccelerated
@@ -48,25 +48,43 @@ _POLL = 0.05
 
 
 class _Connection:
-    """One dialled connection to the LB; replies come from pool threads,
-    echoes and control messages from the serving loop, under one lock."""
+    """One dialled connection to the LB. Replies come from pool threads,
+    echoes and control messages from the serving loop. Frames queue up and
+    whichever thread finds no writer active becomes the writer: it sends
+    everything queued in one ``sendall`` (including frames queued while it
+    was writing), so concurrent replies share a system call."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self._lock = threading.Lock()
+        self._queued: list = []
+        self._writing = False
         self.broken = False
 
     def send(self, frame: bytes) -> bool:
         with self._lock:
             if self.broken:
                 return False
+            self._queued.append(frame)
+            if self._writing:
+                return True  # the active writer sends it
+            self._writing = True
+        while True:
+            with self._lock:
+                batch = self._queued
+                if not batch or self.broken:
+                    self._writing = False
+                    return not self.broken
+                self._queued = []
             try:
-                self.sock.sendall(frame)
-                return True
+                self.sock.sendall(batch[0] if len(batch) == 1 else b"".join(batch))
             except OSError as e:
                 # A partial frame may be on the wire: the stream is unusable.
                 log.warning("write to LB failed: %s", e)
-                self.broken = True
+                with self._lock:
+                    self.broken = True
+                    self._writing = False
+                    self._queued = []
                 with contextlib.suppress(OSError):
                     self.sock.shutdown(socket.SHUT_RDWR)
                 return False
@@ -171,15 +189,30 @@ class RpcWorker:
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, self._on_signal)
-        pool = ThreadPoolExecutor(self.pool_size, thread_name_prefix="rpc-worker")
+        # A plain queue and threads of our own: the reader hands over a
+        # (connection, message) pair per request, with none of an
+        # executor's per-task Future.
+        pool: SimpleQueue = SimpleQueue()
+        threads = [
+            threading.Thread(
+                target=self._pool_thread, args=(pool,), name=f"rpc-worker_{i}", daemon=True
+            )
+            for i in range(self.pool_size)
+        ]
+        for t in threads:
+            t.start()
         try:
             self._loop(pool)
         finally:
-            pool.shutdown(wait=not self._force)
+            for _ in threads:
+                pool.put(None)
+            if not self._force:
+                for t in threads:
+                    t.join()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _loop(self, pool: ThreadPoolExecutor) -> None:
+    def _loop(self, pool: SimpleQueue) -> None:
         attempt = 0
         while not self._stop_requested:
             try:
@@ -225,7 +258,7 @@ class RpcWorker:
         while self.inflight and not self._force and time.monotonic() < end:
             time.sleep(_POLL)
 
-    def _serve(self, conn: _Connection, pool: ThreadPoolExecutor) -> bool:
+    def _serve(self, conn: _Connection, pool: SimpleQueue) -> bool:
         """Serves one connection. True when the worker is done (graceful stop
         completed), False when the connection was lost."""
         reader = wire.FrameReader(conn.sock, self.max_frame_size)
@@ -265,19 +298,27 @@ class RpcWorker:
             if payload is None:
                 return self._lost(stop_sent_at, "LB closed the connection")
             last_rx = time.monotonic()
-            try:
-                msg = wire.parse_message(payload)
-            except wire.ProtocolError as e:
-                return self._lost(stop_sent_at, f"bad message: {e}")
-            if msg.kind == wire.HEARTBEAT:
-                conn.send(msg.frame())
-            elif msg.kind in (wire.CALL, wire.ONEWAY):
-                self._dispatch(conn, pool, msg)
-            elif msg.kind == wire.STOP_CONFIRM:
-                confirmed = True
-                log.info("STOP_CONFIRM received")
-            else:
-                log.warning("ignoring message type %d (%s) from LB", msg.kind, msg.name)
+            # Everything already received is handled before the flags are
+            # looked at again: one wake-up, many frames.
+            while payload is not None:
+                try:
+                    msg = wire.parse_message(payload)
+                except wire.ProtocolError as e:
+                    return self._lost(stop_sent_at, f"bad message: {e}")
+                kind = msg.kind
+                if kind == wire.CALL or kind == wire.ONEWAY:
+                    self._dispatch(conn, pool, msg)
+                elif kind == wire.HEARTBEAT:
+                    conn.send(msg.frame())
+                elif kind == wire.STOP_CONFIRM:
+                    confirmed = True
+                    log.info("STOP_CONFIRM received")
+                else:
+                    log.warning("ignoring message type %d (%s) from LB", kind, msg.name)
+                try:
+                    payload = reader.buffered()
+                except wire.ProtocolError as e:
+                    return self._lost(stop_sent_at, f"bad frame: {e}")
 
     def _lost(self, stop_sent_at: Optional[float], why: str) -> bool:
         log.warning("connection to LB at %s lost: %s", self.address, why)
@@ -287,7 +328,7 @@ class RpcWorker:
             return True
         return False
 
-    def _dispatch(self, conn: _Connection, pool: ThreadPoolExecutor, msg: wire.Message) -> None:
+    def _dispatch(self, conn: _Connection, pool: SimpleQueue, msg: wire.Message) -> None:
         with self._lock:
             if self._inflight >= self.max_pending:
                 refuse = True
@@ -303,28 +344,36 @@ class RpcWorker:
                     )
                 )
             return
-        pool.submit(self._handle, conn, msg)
+        pool.put((conn, msg))
 
-    def _handle(self, conn: _Connection, msg: wire.Message) -> None:
-        try:
-            out = self._process(msg)
-            if out is not None:
-                conn.send(out)
-        except BaseException:  # never let a pool thread die silently
-            log.exception("failed to answer %s", msg.name)
-        finally:
-            with self._lock:
-                self._inflight -= 1
-                self.served += 1
+    def _pool_thread(self, pool: SimpleQueue) -> None:
+        # Protocol objects are reused across requests; only their memory
+        # transports are new each time.
+        iprot = TBinaryProtocolAccelerated(TMemoryBuffer())
+        oprot = TBinaryProtocolAccelerated(TMemoryBuffer())
+        lock = self._lock
+        while True:
+            item = pool.get()
+            if item is None:
+                return
+            conn, msg = item
+            try:
+                out = self._process(msg, iprot, oprot)
+                if out is not None:
+                    conn.send(out)
+            except BaseException:  # never let a pool thread die silently
+                log.exception("failed to answer %s", msg.name)
+            finally:
+                with lock:
+                    self._inflight -= 1
+                    self.served += 1
 
-    def _process(self, msg: wire.Message) -> Optional[bytes]:
+    def _process(self, msg: wire.Message, iprot, oprot) -> Optional[bytes]:
         """Runs the processor on one request; the framed reply or None."""
-        otrans = TMemoryBuffer()
+        iprot.trans = TMemoryBuffer(msg.payload)
+        otrans = oprot.trans = TMemoryBuffer()
         try:
-            self.processor.process(
-                TBinaryProtocolAccelerated(TMemoryBuffer(msg.payload)),
-                TBinaryProtocolAccelerated(otrans),
-            )
+            self.processor.process(iprot, oprot)
         except Exception as e:
             log.exception("handler for %s raised", msg.name)
             if msg.kind == wire.ONEWAY:
