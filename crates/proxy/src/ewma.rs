@@ -89,7 +89,9 @@ impl PeakEwma {
         } else {
             cb *= (-((sa - sb) as f64) / other.tau).exp();
         }
-        ca < cb
+        // Equal costs (both endpoints without a sample yet, so both zero):
+        // fewer requests outstanding wins, as plain least-outstanding.
+        ca < cb || (ca == cb && load < other_load)
     }
 }
 
@@ -179,6 +181,14 @@ mod tests {
         assert!(!slow.cheaper(0, &fast, 0));
         assert!(fast.cheaper(198, &slow, 0));
         assert!(slow.cheaper(0, &fast, 200));
+    }
+
+    #[test]
+    fn without_samples_fewer_outstanding_is_cheaper() {
+        let (a, b) = (ewma(), ewma());
+        assert!(a.cheaper(1, &b, 3));
+        assert!(!b.cheaper(3, &a, 1));
+        assert!(!a.cheaper(2, &b, 2));
     }
 
     #[test]
