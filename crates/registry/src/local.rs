@@ -161,7 +161,16 @@ impl Registry for LocalRegistry {
                             _ = tx.closed() => return,
                             _ = tokio::time::sleep(POLL) => {}
                         }
-                        match scanner.scan() {
+                        // File system calls block: off the runtime thread,
+                        // which in a single-threaded proxy serves requests.
+                        let scanned = tokio::task::spawn_blocking(move || {
+                            let r = scanner.scan();
+                            (scanner, r)
+                        })
+                        .await;
+                        let Ok((back, result)) = scanned else { return };
+                        scanner = back;
+                        match result {
                             Ok(map) => {
                                 tx.send_if_modified(|cur| {
                                     if **cur == map {
