@@ -122,16 +122,21 @@ impl Registry for LocalRegistry {
                     _ = &mut stop_rx => break,
                     _ = tokio::time::sleep(POLL * 10) => {}
                 }
-                match read_record(&path) {
-                    Ok(None) => {
-                        if let Err(e) = write_atomically(&dir, &path, &data) {
-                            warn!(error = %e, "re-register failed");
-                        } else {
-                            info!(path = %path.display(), "re-registered");
-                        }
-                    }
-                    Ok(Some(r)) if r.owner != record.owner => return,
-                    _ => {}
+                // File system calls block: keep them off the runtime thread.
+                let (dir2, path2, data2) = (dir.clone(), path.clone(), data.clone());
+                let owner = record.owner;
+                let checked = tokio::task::spawn_blocking(move || match read_record(&path2) {
+                    Ok(None) => Some(write_atomically(&dir2, &path2, &data2).map(|()| true)),
+                    Ok(Some(r)) if r.owner != owner => None,
+                    _ => Some(Ok(false)),
+                })
+                .await;
+                match checked {
+                    Ok(Some(Ok(true))) => info!(path = %path.display(), "re-registered"),
+                    Ok(Some(Ok(false))) => {}
+                    Ok(Some(Err(e))) => warn!(error = %e, "re-register failed"),
+                    // Another owner took the entry, or the runtime is going away.
+                    Ok(None) | Err(_) => return,
                 }
             }
             match read_record(&path) {
