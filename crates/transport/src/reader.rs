@@ -151,35 +151,40 @@ impl FrameReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Address, Listener, Stream};
+    use crate::{Address, Listener, Stream, WriteHalf};
     use tokio::io::AsyncWriteExt;
 
-    #[tokio::test]
-    async fn an_idle_connection_holds_no_buffer() {
+    /// A loopback connection: the client end, and a reader on the accepted
+    /// end (with its write half, kept open).
+    async fn connected() -> (Stream, FrameReader, WriteHalf) {
         let l = Listener::bind(&Address::Tcp("127.0.0.1:0".into()))
             .await
             .unwrap();
-        let mut c = Stream::connect(&l.local_address()).await.unwrap();
-        let (r, _w) = l.accept().await.unwrap().into_split();
-        let mut reader = FrameReader::new(r, FrameCodec::default());
-        // Never connected-and-idle, then idle after a frame.
-        let idle = tokio::time::timeout(std::time::Duration::from_millis(50), reader.next()).await;
-        assert!(idle.is_err());
-        assert_eq!(reader.capacity(), 0);
-        c.write_all(&[0, 0, 0, 1, 7]).await.unwrap();
-        assert_eq!(&reader.next().await.unwrap().unwrap()[..], &[0, 0, 0, 1, 7]);
-        let idle = tokio::time::timeout(std::time::Duration::from_millis(50), reader.next()).await;
+        let c = Stream::connect(&l.local_address()).await.unwrap();
+        let (r, w) = l.accept().await.unwrap().into_split();
+        (c, FrameReader::new(r, FrameCodec::default()), w)
+    }
+
+    /// Nothing arrives for a while, and the reader holds no buffer.
+    async fn assert_idle_without_buffer(reader: &mut FrameReader) {
+        let idle = tokio::time::timeout(Duration::from_millis(50), reader.next()).await;
         assert!(idle.is_err());
         assert_eq!(reader.capacity(), 0);
     }
 
     #[tokio::test]
+    async fn an_idle_connection_holds_no_buffer() {
+        let (mut c, mut reader, _w) = connected().await;
+        // Never connected-and-idle, then idle after a frame.
+        assert_idle_without_buffer(&mut reader).await;
+        c.write_all(&[0, 0, 0, 1, 7]).await.unwrap();
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], &[0, 0, 0, 1, 7]);
+        assert_idle_without_buffer(&mut reader).await;
+    }
+
+    #[tokio::test]
     async fn reads_grow_while_a_backlog_fills_them_and_the_buffer_goes_when_idle() {
-        let l = Listener::bind(&Address::Tcp("127.0.0.1:0".into()))
-            .await
-            .unwrap();
-        let mut c = Stream::connect(&l.local_address()).await.unwrap();
-        let (r, _w) = l.accept().await.unwrap().into_split();
+        let (mut c, mut reader, _w) = connected().await;
         let frames = 1024u32;
         let writer = tokio::spawn(async move {
             let mut frame = vec![0u8; 4 + 4096];
@@ -189,7 +194,6 @@ mod tests {
             }
             c
         });
-        let mut reader = FrameReader::new(r, FrameCodec::default());
         let mut largest = 0;
         for _ in 0..frames {
             let f = reader.next().await.unwrap().unwrap();
@@ -200,19 +204,13 @@ mod tests {
         // 4 MiB arrived faster than it was read: reads asked for more than
         // the 16 KiB they start with.
         assert!(largest >= 4 * MIN_CHUNK, "largest buffer {largest}");
-        let idle = tokio::time::timeout(std::time::Duration::from_millis(50), reader.next()).await;
-        assert!(idle.is_err());
-        assert_eq!(reader.capacity(), 0);
+        assert_idle_without_buffer(&mut reader).await;
     }
 
     #[tokio::test]
     async fn reads_frames_split_across_writes_and_reports_eof() {
-        let l = Listener::bind(&Address::Tcp("127.0.0.1:0".into()))
-            .await
-            .unwrap();
-        let addr = l.local_address();
+        let (mut c, mut reader, _w) = connected().await;
         let writer = tokio::spawn(async move {
-            let mut c = Stream::connect(&addr).await.unwrap();
             let mut all = Vec::new();
             for i in 0..100u32 {
                 all.extend_from_slice(&4u32.to_be_bytes());
@@ -223,8 +221,6 @@ mod tests {
                 c.flush().await.unwrap();
             }
         });
-        let (r, _w) = l.accept().await.unwrap().into_split();
-        let mut reader = FrameReader::new(r, FrameCodec::default());
         for i in 0..100u32 {
             let f = reader.next().await.unwrap().unwrap();
             assert_eq!(&f[4..], &i.to_be_bytes());
@@ -235,14 +231,9 @@ mod tests {
 
     #[tokio::test]
     async fn eof_inside_a_frame_is_an_error() {
-        let l = Listener::bind(&Address::Tcp("127.0.0.1:0".into()))
-            .await
-            .unwrap();
-        let mut c = Stream::connect(&l.local_address()).await.unwrap();
+        let (mut c, mut reader, _w) = connected().await;
         c.write_all(&[0, 0, 0, 9, 1, 2]).await.unwrap();
         drop(c);
-        let (r, _w) = l.accept().await.unwrap().into_split();
-        let mut reader = FrameReader::new(r, FrameCodec::default());
         assert!(matches!(reader.next().await, Some(Err(FrameError::Io(_)))));
     }
 }
