@@ -110,6 +110,18 @@ impl Message {
         })
     }
 
+    /// The type and seqid of a whole frame (prefix included) with a valid
+    /// strict header, read in place: the same checks as [`Message::parse`]
+    /// without taking the buffer.
+    pub fn peek_frame(frame: &[u8]) -> Result<(MessageType, i32), ProtocolError> {
+        let (kind, name_len) = Self::check(frame)?;
+        let o = NAME_OFFSET + name_len;
+        Ok((
+            kind,
+            i32::from_be_bytes(frame[o..o + 4].try_into().unwrap()),
+        ))
+    }
+
     fn check(buf: &[u8]) -> Result<(MessageType, usize), ProtocolError> {
         let have = buf.len();
         if have < NAME_OFFSET {

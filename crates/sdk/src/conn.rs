@@ -102,33 +102,13 @@ fn check_reply(frame: &[u8], seqid: i32) -> Result<(), String> {
             frame.len() - LEN_PREFIX
         ));
     }
-    // Read in place: this runs for every reply, so no copy of the name.
-    let payload = &frame[LEN_PREFIX..];
-    let word = payload
-        .get(..4)
-        .map(|w| u32::from_be_bytes(w.try_into().unwrap()));
-    let name_len = payload
-        .get(4..8)
-        .map(|n| i32::from_be_bytes(n.try_into().unwrap()));
-    let (Some(word), Some(name_len)) = (word, name_len) else {
-        return Err("the handler's reply has no readable message header".into());
-    };
-    if word & 0x8000_0000 == 0 {
-        return Err("the handler's reply has no strict message header".into());
-    }
-    let at = usize::try_from(name_len).ok().map(|n| 8 + n);
-    let Some(got) = at.and_then(|at| payload.get(at..at + 4)) else {
-        return Err("the handler's reply has no readable message header".into());
-    };
-    let (kind, got) = (
-        (word & 0xff) as u8,
-        i32::from_be_bytes(got.try_into().unwrap()),
-    );
-    if (kind == MessageType::Reply as u8 || kind == MessageType::Exception as u8) && got == seqid {
+    let (kind, got) = Message::peek_frame(frame)
+        .map_err(|e| format!("the handler's reply is not a strict message: {e}"))?;
+    if kind.is_response() && got == seqid {
         Ok(())
     } else {
         Err(format!(
-            "the handler's reply has type {kind} and seqid {got} (expected a strict reply with seqid {seqid})"
+            "the handler's reply has type {kind:?} and seqid {got} (expected a reply with seqid {seqid})"
         ))
     }
 }
@@ -139,4 +119,37 @@ pub(crate) fn protocol_error(header: Option<Header>, error: &str) -> Bytes {
         .map(|h| (h.bare_name().to_vec(), h.seqid))
         .unwrap_or_default();
     application_exception(&name, seqid, ExceptionKind::ProtocolError, error).freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rpc_codec::encode_message;
+
+    fn frame(kind: MessageType, seqid: i32) -> Vec<u8> {
+        encode_message(kind, b"echo", seqid, b"\x00").to_vec()
+    }
+
+    #[test]
+    fn a_reply_must_be_a_whole_strict_response_with_the_request_seqid() {
+        assert!(check_reply(&frame(MessageType::Reply, 7), 7).is_ok());
+        assert!(check_reply(&frame(MessageType::Exception, 7), 7).is_ok());
+        assert!(check_reply(&frame(MessageType::Reply, 8), 7).is_err());
+        assert!(check_reply(&frame(MessageType::Call, 7), 7).is_err());
+        assert!(check_reply(&[0, 0], 7).is_err());
+        // The length prefix must match what follows.
+        let mut long = frame(MessageType::Reply, 7);
+        long.push(0);
+        assert!(check_reply(&long, 7).is_err());
+        // A header cut short, its prefix telling the truth.
+        let mut cut = frame(MessageType::Reply, 7)[..10].to_vec();
+        cut[..4].copy_from_slice(&6u32.to_be_bytes());
+        assert!(check_reply(&cut, 7).is_err());
+        // Non-strict (old-style) header: name length first.
+        let mut old = vec![0, 0, 0, 13, 0, 0, 0, 4];
+        old.extend_from_slice(b"echo");
+        old.push(MessageType::Reply as u8);
+        old.extend_from_slice(&7i32.to_be_bytes());
+        assert!(check_reply(&old, 7).is_err());
+    }
 }
