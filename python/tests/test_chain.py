@@ -2,9 +2,11 @@
 RpcWorker and the Rust demo worker), and -> a Rust SDK service; rolling
 restarts, LB stop, kill -9 and slow calls under load."""
 
+import json
 import signal
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -19,7 +21,7 @@ from thrift.transport.TSocket import TSocket  # noqa: E402
 from thrift.transport.TTransport import TFramedTransport  # noqa: E402
 
 import harness  # noqa: E402
-from harness import wait_until  # noqa: E402
+from harness import free_port, wait_until  # noqa: E402
 from rpc_sdk import ClientPool  # noqa: E402
 from stack import Load, Stack  # noqa: E402
 
@@ -141,16 +143,29 @@ def test_rolling_restart_of_workers_under_load(stack):
     assert all(w.alive() for w in workers)
 
 
+def lb_workers(status_address: str) -> list:
+    """The workers an LB's /status lists."""
+    with urllib.request.urlopen(f"http://{status_address}/status", timeout=5) as r:
+        return json.load(r)["workers"]
+
+
 def test_rolling_restart_of_rust_workers_under_load(stack):
-    _, ini = stack.lb("rsroll", pool_size=2)
+    status = f"127.0.0.1:{free_port()}"
+    _, ini = stack.lb("rsroll", pool_size=2, metrics_address=status)
     workers = [stack.rust_worker(ini) for _ in range(2)]
     stack.wait_ready("rsroll")
     with Load(stack, "rsroll", threads=4, sleep_ms=20) as load:
         load.progress(50)
         for i in range(len(workers)):
             old = workers[i]
+            known = max(w["id"] for w in lb_workers(status))
             workers[i] = stack.rust_worker(ini)
-            time.sleep(0.5)  # the Rust worker does not say who answered: let it connect
+            # The Rust worker does not say who answered; the LB does.
+            wait_until(
+                lambda: any(w["id"] > known and w["served"] > 0 for w in lb_workers(status)),
+                20,
+                "the replacement worker to serve",
+            )
             old.signal(signal.SIGTERM)
             assert old.wait(15) == 0, old.log_tail()
             load.progress(50)
@@ -191,7 +206,8 @@ def test_kill_9_worker_under_load_fails_at_most_its_pool(stack):
 
 
 def test_slow_call_does_not_hold_up_fast_ones(stack):
-    _, ini = stack.lb("slow", pool_size=1)
+    status = f"127.0.0.1:{free_port()}"
+    _, ini = stack.lb("slow", pool_size=1, metrics_address=status)
     stack.py_worker(ini)
     stack.py_worker(ini)
     stack.wait_ready("slow")
@@ -204,7 +220,8 @@ def test_slow_call_does_not_hold_up_fast_ones(stack):
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.3)  # the slow call occupies one worker
+    wait_until(lambda: any(w["inflight"] == 1 for w in lb_workers(status)), 10,
+               "the slow call to occupy a worker")
     with stack.client(timeout=10) as conn:
         c = conn.client(Echo.Client, "slow")
         for i in range(5):
