@@ -233,6 +233,24 @@ def test_slow_call_does_not_hold_up_fast_ones(stack):
     assert slow_done.is_set()
 
 
+def test_a_long_call_keeps_the_worker_connected(stack):
+    # The LB drops a worker that leaves heartbeats unanswered for 1 s; a
+    # pool_size 1 worker inside a 3 s call must still answer them.
+    status = f"127.0.0.1:{free_port()}"
+    _, ini = stack.lb("long", pool_size=1, unix=True, metrics_address=status,
+                      heartbeat_interval_ms=100, heartbeat_timeout_ms=1000)
+    stack.py_worker(ini)
+    stack.wait_ready("long")
+    (before,) = lb_workers(status)
+    with stack.client(timeout=15) as conn:
+        c = conn.client(Echo.Client, "long")
+        assert c.sleep(3000).isdigit()
+        assert c.echo("after") == "after"
+    (after,) = lb_workers(status)
+    assert after["id"] == before["id"], "the worker's connection was replaced"
+    assert after["heartbeats_missed"] == 0, after
+
+
 @pytest.mark.skipif(not harness.STRICT and not harness.zookeeper_available(), reason="ZooKeeper (Debian zookeeper) not installed")
 def test_chain_with_zookeeper(procs, tmp_path):
     zk = harness.ZkServer(tmp_path, procs)

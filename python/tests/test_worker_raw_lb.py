@@ -237,3 +237,74 @@ def test_oversized_frame_closes_the_connection(lb, workers):
     second = lb.worker(1)
     second.call("echo", Echo.echo_args("fine"), seqid=1)
     assert echo_result(second.reply(1)) == "fine"
+
+
+def test_a_long_call_keeps_heartbeats_echoed(lb, workers):
+    # pool_size 1: the only serving thread is inside the call, so the
+    # worker's monitor reads and echoes until it is back.
+    w = workers(lb.address, heartbeat_timeout=1.0)
+    link = lb.worker()
+    link.call("echo", Echo.echo_args("warm"), seqid=1)
+    echo_result(link.reply(1))
+    link.call("sleep", Echo.sleep_args(2500), seqid=2)
+    wait_until(lambda: w.worker.inflight == 1, 5, "the long call to start")
+    before = len(link.echoes)
+    time.sleep(1.5)  # 7 heartbeats at 0.2 s, over the worker's own 1 s timeout
+    during = len(link.echoes) - before
+    assert link.reply(2, timeout=10).kind == wire.REPLY
+    assert during >= 5, f"only {during} heartbeats echoed during the call"
+    assert not link.closed and w.worker.connects == 1
+    link.call("echo", Echo.echo_args("after"), seqid=3)
+    assert echo_result(link.reply(3)) == "after"
+
+
+def test_calls_behind_a_long_call_start_without_waiting_for_it(lb, workers):
+    # Both calls arrive together; the reader starts the first itself and
+    # another thread takes over reading and the second call.
+    w = workers(lb.address, pool_size=2)
+    link = lb.worker()
+    link.send(wire.encode_message(wire.CALL, "sleep", 1, harness.encode_struct(Echo.sleep_args(2000)))
+              + wire.encode_message(wire.CALL, "echo", 2, harness.encode_struct(Echo.echo_args("quick"))))
+    start = time.monotonic()
+    assert echo_result(link.reply(2)) == "quick"
+    assert time.monotonic() - start < 1.0
+    assert w.worker.inflight == 1  # the long call still runs
+    assert link.reply(1, timeout=10).kind == wire.REPLY
+
+
+def test_batched_calls_are_all_answered(lb, workers):
+    # Many calls in one write: served by the reader in turn, replies
+    # written together.
+    workers(lb.address, pool_size=4)
+    link = lb.worker()
+    link.send(b"".join(
+        wire.encode_message(wire.CALL, "echo", seq, harness.encode_struct(Echo.echo_args(f"m{seq}")))
+        for seq in range(200)
+    ))
+    for seq in range(200):
+        assert echo_result(link.reply(seq)) == f"m{seq}"
+
+
+def test_address_and_pool_size_come_from_the_environment(lb, monkeypatch):
+    monkeypatch.setenv("RPC_BACK_ADDRESS", lb.address)
+    monkeypatch.setenv("RPC_WORKER_POOL_SIZE", "3")
+    worker = RpcWorker(echo_service.make_processor())
+    assert (worker.address.text, worker.pool_size) == (lb.address, 3)
+    monkeypatch.delenv("RPC_BACK_ADDRESS")
+    with pytest.raises(ValueError, match="RPC_BACK_ADDRESS"):
+        RpcWorker(echo_service.make_processor())
+
+
+def test_worker_command_without_a_config_uses_the_environment(lb, procs):
+    env = {"RPC_BACK_ADDRESS": lb.address, "RPC_WORKER_POOL_SIZE": "2"}
+    argv = [a for a in harness.python_worker_argv("unused.ini")]
+    i = argv.index("-c")
+    del argv[i : i + 2]
+    p = procs.start("py-worker-env", argv, env=env)
+    link = lb.worker(timeout=15)
+    link.call("echo", Echo.echo_args("from env"), seqid=1)
+    assert echo_result(link.reply(1, timeout=10)) == "from env"
+    p.signal(signal.SIGTERM)
+    link.wait(lambda: link.stops, 5, "STOP after SIGTERM")
+    link.send(wire.stop_confirm())
+    assert p.wait(10) == 0
