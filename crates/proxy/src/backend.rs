@@ -1,6 +1,7 @@
 //! One persistent, pipelined connection to an endpoint (SPEC §4).
 //!
-//! A single task owns the socket, the seqid space and the table of
+//! A single task owns the socket, the seqid space (the rewrite to this
+//! connection's seqids and back happens in its [`SeqTable`]) and the
 //! requests in flight; clients hand it [`Job`]s through a bounded channel
 //! and get an [`Outcome`] back on their connection's reply channel
 //! ([`ReplyTo`]). The task also heartbeats the
@@ -11,11 +12,14 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
-use rpc_codec::{heartbeat, FrameCodec, Message, MessageType};
-use rpc_transport::{Address, FrameReader, FrameWriter, Stream};
+use std::task::{Context, Poll};
+
+use rpc_codec::{heartbeat, Header, Message, MessageType};
+use rpc_engine::conn::{self, End};
+use rpc_engine::{Cx, Failure, Flow, Hop, Lost, Options, SeqTable};
+use rpc_transport::{Address, Stream};
 use tokio::sync::{mpsc, watch};
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{timeout, Instant};
 
 use crate::ewma::{nanos, PeakEwma};
 
@@ -26,8 +30,8 @@ pub enum Outcome {
     Reply(Message),
     /// Never written to the socket: safe to send elsewhere.
     NotSent(Message),
-    /// Written, then the connection failed; the cause is for the client.
-    Failed(String),
+    /// Written, then the connection failed.
+    Failed(Failure),
 }
 
 pub struct Job {
@@ -79,6 +83,8 @@ pub struct BackendSettings {
 pub struct Backend {
     pub service: String,
     pub address: Address,
+    /// The address as failures name it.
+    peer: Arc<str>,
     tx: mpsc::Sender<Job>,
     state: AtomicU8,
     /// Requests handed over and not yet answered: the balancer's load signal.
@@ -97,6 +103,7 @@ impl Backend {
         let (drain, drain_rx) = watch::channel(false);
         let backend = Arc::new(Backend {
             service,
+            peer: address.to_string().into(),
             address,
             tx,
             state: AtomicU8::new(State::Connecting as u8),
@@ -178,8 +185,6 @@ struct Pending {
     sent: u64,
 }
 
-type PendingMap = std::collections::HashMap<i32, Pending, crate::fasthash::SeqIdHash>;
-
 async fn run(
     b: Arc<Backend>,
     mut rx: mpsc::Receiver<Job>,
@@ -187,6 +192,12 @@ async fn run(
     s: BackendSettings,
 ) {
     let mut backoff = Duration::from_secs(1);
+    // Replies are read whatever is queued: an endpoint blocked writing
+    // them would stop reading our requests (bounded by max_inflight).
+    let opts = Options {
+        write_buffer_limit: usize::MAX,
+        ..Options::new(s.max_frame)
+    };
     loop {
         if *drain.borrow() {
             break;
@@ -201,14 +212,24 @@ async fn run(
                 tracing::info!(service = %b.service, endpoint = %b.address, "backend connected");
                 backoff = Duration::from_secs(1);
                 b.set_state(State::Up);
-                let ended = serve(&b, stream, &mut rx, &mut drain, &s).await;
-                if !matches!(ended, End::Drained) {
+                let mut hop = BackendConn::new(&b, &mut rx, &s);
+                let mut stop = drain.clone();
+                let drained = async move {
+                    let _ = stop.wait_for(|d| *d).await;
+                };
+                let end = conn::run(&mut hop, stream, drained, &opts).await;
+                let lost = match end {
+                    End::Closed | End::Lost(Lost::Removed) => None,
+                    End::Lost(cause) => Some(cause),
+                };
+                hop.fail_all(lost.clone().unwrap_or(Lost::Removed));
+                if lost.is_some() {
                     b.set_state(State::Down);
                 }
                 reject_queued(&b, &mut rx);
-                match ended {
-                    End::Drained => break,
-                    End::Lost(cause) => {
+                match lost {
+                    None => break,
+                    Some(cause) => {
                         tracing::warn!(service = %b.service, endpoint = %b.address, %cause, "backend connection lost")
                     }
                 }
@@ -241,11 +262,6 @@ async fn run(
     reject_queued(&b, &mut rx);
 }
 
-enum End {
-    Drained,
-    Lost(String),
-}
-
 fn bounce(b: &Backend, job: Job) {
     b.done();
     if let Some(reply) = job.reply {
@@ -266,154 +282,174 @@ struct Heard {
     replies: bool,
 }
 
-/// One frame from the endpoint; `Err` when the connection must go.
-fn on_reply(
-    b: &Backend,
-    frame: Option<Result<bytes::BytesMut, rpc_codec::FrameError>>,
-    pending: &mut PendingMap,
-    heard: &mut Heard,
-    now: u64,
-) -> Result<(), String> {
-    let frame = match frame {
-        Some(Ok(f)) => f,
-        Some(Err(e)) => return Err(format!("bad frame from {}: {e}", b.address)),
-        None => return Err(format!("{} closed the connection", b.address)),
-    };
-    let msg = Message::parse(frame).map_err(|e| format!("bad message from {}: {e}", b.address))?;
-    match msg.kind() {
-        MessageType::Heartbeat => heard.anything = true,
-        MessageType::Reply | MessageType::Exception => {
-            heard.anything = true;
-            heard.replies = true;
-            match pending.remove(&msg.seqid()) {
-                Some(p) => {
-                    b.done();
-                    b.latency.observe(now.saturating_sub(p.sent), now);
-                    // The client may have given up (deadline): dropping is fine.
-                    p.reply.send(Outcome::Reply(msg));
-                }
-                None => {
-                    tracing::debug!(endpoint = %b.address, seqid = msg.seqid(), "reply to unknown seqid dropped")
-                }
+/// One connection to the endpoint, as a hop of the engine: jobs from
+/// client connections are its events; replies, its messages; heartbeats
+/// and the drain deadline, its timer.
+struct BackendConn<'a> {
+    b: &'a Backend,
+    rx: &'a mut mpsc::Receiver<Job>,
+    s: &'a BackendSettings,
+    pending: SeqTable<Pending>,
+    heard: Heard,
+    last_echo: Instant,
+    next_tick: Instant,
+    /// Requests were waiting at the last tick (and so, if no reply came
+    /// since, have waited at least a whole interval).
+    waiting_at_tick: bool,
+    /// Set once the endpoint left the registry: when in-flight requests fail.
+    drain_deadline: Option<Instant>,
+}
+
+impl<'a> BackendConn<'a> {
+    fn new(b: &'a Backend, rx: &'a mut mpsc::Receiver<Job>, s: &'a BackendSettings) -> Self {
+        let now = Instant::now();
+        BackendConn {
+            b,
+            rx,
+            s,
+            pending: SeqTable::new(),
+            heard: Heard::default(),
+            last_echo: now,
+            next_tick: now + s.heartbeat_interval,
+            waiting_at_tick: false,
+            drain_deadline: None,
+        }
+    }
+
+    fn fail_all(&mut self, cause: Lost) {
+        for p in self.pending.drain() {
+            self.b.done();
+            p.reply.send(Outcome::Failed(Failure::Lost {
+                peer: self.b.peer.clone(),
+                cause: cause.clone(),
+            }));
+        }
+    }
+
+    /// The heartbeat tick: liveness is sampled once per tick (not a clock
+    /// read per reply); anything heard since the last tick counts.
+    fn tick(&mut self, now: Instant, cx: &mut Cx<'_>) -> Flow {
+        self.next_tick = now + self.s.heartbeat_interval;
+        let since_tick = std::mem::take(&mut self.heard);
+        if !since_tick.replies && self.waiting_at_tick && !self.pending.is_empty() {
+            // No reply for a whole interval while requests wait: the
+            // endpoint is at least that slow, before any reply says so.
+            let interval = self.s.heartbeat_interval.as_nanos() as u64;
+            self.b.latency.observe(interval, nanos(now));
+        }
+        self.waiting_at_tick = !self.pending.is_empty();
+        if since_tick.anything {
+            self.last_echo = now;
+        }
+        let silent = now.saturating_duration_since(self.last_echo);
+        if silent > self.s.heartbeat_timeout {
+            return Flow::End(Lost::Silent(silent));
+        }
+        cx.send(heartbeat(0).freeze());
+        Flow::Continue
+    }
+}
+
+impl Hop for BackendConn<'_> {
+    type Event = Job;
+
+    fn poll_event(&mut self, c: &mut Context<'_>) -> Poll<Option<Job>> {
+        self.rx.poll_recv(c)
+    }
+
+    fn try_event(&mut self) -> Option<Job> {
+        self.rx.try_recv().ok()
+    }
+
+    fn wants_events(&self) -> bool {
+        self.drain_deadline.is_none() && self.pending.len() < self.s.max_inflight
+    }
+
+    /// A job: this connection's seqid, then into the write batch.
+    fn on_event(&mut self, Job { mut msg, reply }: Job, cx: &mut Cx<'_>) -> Flow {
+        match reply {
+            Some(reply) => {
+                let sent = nanos(cx.now());
+                self.pending.assign(&mut msg, Pending { reply, sent });
             }
+            None => self.b.done(), // oneway: done once written
         }
-        other => {
-            tracing::debug!(endpoint = %b.address, ?other, "unexpected message type from endpoint ignored")
-        }
+        cx.send(msg.into_bytes());
+        Flow::Continue
     }
-    Ok(())
-}
 
-fn fail_all(b: &Backend, pending: &mut PendingMap, cause: &str) {
-    for (_, p) in pending.drain() {
-        b.done();
-        p.reply.send(Outcome::Failed(cause.to_string()));
-    }
-}
-
-async fn serve(
-    b: &Backend,
-    stream: Stream,
-    rx: &mut mpsc::Receiver<Job>,
-    drain: &mut watch::Receiver<bool>,
-    s: &BackendSettings,
-) -> End {
-    let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, FrameCodec::new(s.max_frame));
-    let mut writer = FrameWriter::new(w);
-    let mut pending = PendingMap::default();
-    let mut next_seqid: i32 = 0;
-    let mut last_echo = Instant::now();
-    let mut heard = Heard::default();
-    // Requests were waiting at the last tick (and so, if no reply came
-    // since, have waited at least a whole interval).
-    let mut waiting_at_tick = false;
-    let mut ticker = tokio::time::interval(s.heartbeat_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut draining = *drain.borrow();
-    let mut drain_deadline = Instant::now() + s.drain_timeout;
-
-    loop {
-        if draining && pending.is_empty() {
-            return End::Drained;
-        }
-        tokio::select! {
-            job = rx.recv(), if !draining && pending.len() < s.max_inflight => {
-                let Some(job) = job else { return End::Drained };
-                let mut job = Some(job);
-                let sent = nanos(Instant::now());
-                // Take everything already queued: one write for the batch.
-                while let Some(Job { mut msg, reply }) = job.take() {
-                    match reply {
-                        Some(reply) => {
-                            loop {
-                                next_seqid = next_seqid.wrapping_add(1);
-                                if !pending.contains_key(&next_seqid) {
-                                    break;
-                                }
-                            }
-                            msg.set_seqid(next_seqid);
-                            pending.insert(next_seqid, Pending { reply, sent });
+    fn on_message(&mut self, mut msg: Message, cx: &mut Cx<'_>) -> Flow {
+        match msg.kind() {
+            MessageType::Heartbeat => self.heard.anything = true,
+            MessageType::Reply | MessageType::Exception => {
+                self.heard.anything = true;
+                self.heard.replies = true;
+                match self.pending.restore(&mut msg) {
+                    Some(p) => {
+                        self.b.done();
+                        let now = nanos(cx.now());
+                        self.b.latency.observe(now.saturating_sub(p.sent), now);
+                        // The client may have given up (deadline): dropping is fine.
+                        p.reply.send(Outcome::Reply(msg));
+                        if self.drain_deadline.is_some() && self.pending.is_empty() {
+                            return Flow::Finish;
                         }
-                        None => b.done(), // oneway: done once written
                     }
-                    writer.push(msg.into_bytes());
-                    if pending.len() < s.max_inflight {
-                        job = rx.try_recv().ok();
+                    None => {
+                        tracing::debug!(endpoint = %self.b.address, seqid = msg.seqid(), "reply to unknown seqid dropped")
                     }
                 }
             }
-            // Writing races reading: replies keep being read while the
-            // endpoint is slow to take requests.
-            written = writer.write_some(), if !writer.is_empty() => {
-                if let Err(e) = written {
-                    let cause = format!("write to {} failed: {e}", b.address);
-                    fail_all(b, &mut pending, &cause);
-                    return End::Lost(cause);
-                }
-            }
-            frame = reader.next() => {
-                // Every reply already here in one go, with one clock read.
-                let now = nanos(Instant::now());
-                let mut frame = Some(frame);
-                while let Some(f) = frame.take() {
-                    if let Err(cause) = on_reply(b, f, &mut pending, &mut heard, now) {
-                        fail_all(b, &mut pending, &cause);
-                        return End::Lost(cause);
-                    }
-                    frame = reader.next().now_or_never();
-                }
-            }
-            tick = ticker.tick() => {
-                // Liveness is sampled once per tick (not a clock read per
-                // reply): anything heard since the last tick counts.
-                let since_tick = std::mem::take(&mut heard);
-                if !since_tick.replies && waiting_at_tick && !pending.is_empty() {
-                    // No reply for a whole interval while requests wait: the
-                    // endpoint is at least that slow, before any reply says so.
-                    let interval = s.heartbeat_interval.as_nanos() as u64;
-                    b.latency.observe(interval, nanos(tick));
-                }
-                waiting_at_tick = !pending.is_empty();
-                if since_tick.anything {
-                    last_echo = Instant::now();
-                }
-                if last_echo.elapsed() > s.heartbeat_timeout {
-                    let cause = format!("no heartbeat echo from {} for {:?}", b.address, last_echo.elapsed());
-                    fail_all(b, &mut pending, &cause);
-                    return End::Lost(cause);
-                }
-                writer.push(heartbeat(0).freeze());
-            }
-            _ = drain.changed(), if !draining => {
-                draining = true;
-                drain_deadline = Instant::now() + s.drain_timeout;
-                reject_queued(b, rx);
-            }
-            _ = sleep(drain_deadline.saturating_duration_since(Instant::now())), if draining => {
-                fail_all(b, &mut pending, &format!("endpoint {} left the registry", b.address));
-                return End::Drained;
+            other => {
+                tracing::debug!(endpoint = %self.b.address, ?other, "unexpected message type from endpoint ignored")
             }
         }
+        Flow::Continue
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        Some(match self.drain_deadline {
+            Some(d) => d.min(self.next_tick),
+            None => self.next_tick,
+        })
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<'_>) -> Flow {
+        let now = cx.now();
+        if self.drain_deadline.is_some_and(|d| d <= now) {
+            return Flow::End(Lost::Removed);
+        }
+        if self.next_tick <= now {
+            return self.tick(now, cx);
+        }
+        Flow::Continue
+    }
+
+    /// The endpoint left the registry: no new requests; those in flight
+    /// get until the drain timeout.
+    fn on_shutdown(&mut self, cx: &mut Cx<'_>) -> Flow {
+        self.drain_deadline = Some(cx.now() + self.s.drain_timeout);
+        reject_queued(self.b, self.rx);
+        if self.pending.is_empty() {
+            Flow::Finish
+        } else {
+            Flow::Continue
+        }
+    }
+
+    fn on_events_closed(&mut self, _cx: &mut Cx<'_>) -> Flow {
+        Flow::Finish
+    }
+
+    fn on_eof(&mut self, _cx: &mut Cx<'_>) -> Flow {
+        Flow::End(Lost::Closed)
+    }
+
+    fn on_read_error(&mut self, e: &std::io::Error, _cx: &mut Cx<'_>) -> Flow {
+        Flow::End(Lost::io(e))
+    }
+
+    fn on_bad_input(&mut self, error: &str, _: Option<Header>, _cx: &mut Cx<'_>) -> Flow {
+        Flow::End(Lost::bad_input(error))
     }
 }

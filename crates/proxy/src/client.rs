@@ -12,20 +12,22 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::FutureExt;
 use rpc_codec::{
-    application_exception, heartbeat_reply, ExceptionKind, FrameCodec, FrameError, Header, Message,
-    MessageType, NameBuf,
+    application_exception, heartbeat_reply, ExceptionKind, Header, Message, MessageType, NameBuf,
 };
-use rpc_transport::{FrameReader, FrameWriter, Stream};
+use rpc_engine::conn;
+use rpc_engine::lost::protocol_error;
+use rpc_engine::{Cx, Failure, Flow, Hop, Options};
+use rpc_transport::Stream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::backend::{Job, Outcome, ReplyTo};
-use crate::forward::{self, errors, Refused, MAX_REROUTES};
+use crate::forward::{self, Refused, MAX_REROUTES};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::routes::Routes;
 
@@ -37,10 +39,6 @@ pub struct ClientSettings {
     pub metrics: Arc<Metrics>,
 }
 
-/// Replies waiting for a client that does not read: beyond this, stop
-/// reading its requests.
-const WRITE_BUFFER_LIMIT: usize = 4 << 20;
-
 /// Pause before re-trying a service whose connections are all opening.
 const CONNECT_WAIT: Duration = Duration::from_millis(5);
 
@@ -50,127 +48,103 @@ pub async fn serve(
     settings: Arc<ClientSettings>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let peer = stream.peer();
-    let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, FrameCodec::new(settings.max_frame))
-        .with_frame_timeout(settings.frame_timeout);
-    let mut writer = FrameWriter::new(w);
-    let mut q = Slots::new(routes, settings.metrics.clone());
-    // Set when reading must stop: the final frame to send after the
-    // replies already owed (a protocol error), if any.
-    let mut closing: Option<Option<Bytes>> = None;
-
-    let deadline_timer = tokio::time::sleep(settings.rpc_timeout);
-    tokio::pin!(deadline_timer);
-    let mut timer_at: Option<Instant> = None;
-    let retry_timer = tokio::time::sleep(CONNECT_WAIT);
-    tokio::pin!(retry_timer);
-    let mut retry_armed = false;
-
-    loop {
-        q.pop_done(&mut writer);
-        if closing.is_some() && q.slots.is_empty() && writer.is_empty() {
-            break;
-        }
-        // The timer follows the head of the queue (the earliest deadline).
-        let head = q.slots.front().map(|s| s.deadline);
-        if head != timer_at {
-            if let Some(t) = head {
-                deadline_timer.as_mut().reset(t);
-            }
-            timer_at = head;
-        }
-        if q.connecting > 0 && !retry_armed {
-            retry_timer.as_mut().reset(Instant::now() + CONNECT_WAIT);
-            retry_armed = true;
-        }
-        let reading = closing.is_none()
-            && q.slots.len() < settings.max_inflight
-            && writer.queued_bytes() < WRITE_BUFFER_LIMIT;
-        if !reading {
-            reader.reset_frame_clock();
-        }
-        tokio::select! {
-            biased;
-            Some((slot, outcome)) = recv_reply(&mut q.replies) => {
-                q.complete(slot, outcome);
-                while let Some((slot, outcome)) = q.replies.as_mut().and_then(|r| r.try_recv().ok()) {
-                    q.complete(slot, outcome);
-                }
-            }
-            // Writing races reading, so a client that sends a long pipeline
-            // before reading cannot deadlock with us.
-            written = writer.write_some(), if !writer.is_empty() => {
-                if let Err(e) = written {
-                    tracing::debug!(%peer, error = %e, "client write failed");
-                    return;
-                }
-            }
-            _ = &mut deadline_timer, if timer_at.is_some() => {
-                q.expire(Instant::now());
-                timer_at = None;
-            }
-            _ = &mut retry_timer, if retry_armed => {
-                retry_armed = false;
-                q.retry_connecting();
-            }
-            frame = reader.next(), if reading => {
-                // Take every frame already here in one go: one clock read
-                // for the batch, and all of it dispatched before the
-                // backends' tasks run (so they write it in one batch too).
-                let deadline = Instant::now() + settings.rpc_timeout;
-                let mut frame = Some(frame);
-                while let Some(f) = frame.take() {
-                    closing = on_frame(f, &mut q, &reader, deadline, &peer);
-                    if matches!(closing, Some(Some(_))) {
-                        settings.metrics.error(ErrorKind::Protocol);
-                    }
-                    if closing.is_none() && q.slots.len() < settings.max_inflight {
-                        frame = reader.next().now_or_never();
-                    }
-                }
-            }
-            _ = shutdown.changed(), if closing.is_none() => closing = Some(None),
-        }
-    }
-    if let Some(Some(frame)) = closing {
-        writer.push(frame);
-    }
-    let _ = writer.flush().await;
+    let opts = Options::new(settings.max_frame).frame_timeout(settings.frame_timeout);
+    let mut hop = ClientConn {
+        q: Slots::new(routes, settings.metrics.clone()),
+        settings,
+        retry_at: None,
+    };
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    conn::run(&mut hop, stream, stop, &opts).await;
 }
 
-/// Handles what the reader produced; `Some` when the connection must close
-/// (with a last frame to send, if any).
-fn on_frame(
-    frame: Option<Result<bytes::BytesMut, FrameError>>,
-    q: &mut Slots,
-    reader: &FrameReader,
-    deadline: Instant,
-    peer: &str,
-) -> Option<Option<Bytes>> {
-    match frame {
-        None => Some(None),
-        Some(Ok(frame)) => match Message::parse_or_peek(frame) {
-            Ok(msg) => {
-                q.request(msg, deadline);
-                None
-            }
-            Err((e, header)) => {
-                tracing::warn!(%peer, error = %e, "bad message from client, closing");
-                Some(Some(protocol_error(&e.to_string(), header)))
-            }
-        },
-        Some(Err(e)) => {
-            if let FrameError::Io(io) = &e {
-                tracing::debug!(%peer, error = %io, "client read failed");
-                Some(None)
-            } else {
-                tracing::warn!(%peer, error = %e, "bad frame from client, closing");
-                // The header of an oversized frame may already be buffered.
-                let header = reader.buffered().get(4..).and_then(Header::peek);
-                Some(Some(protocol_error(&e.to_string(), header)))
-            }
+/// One client connection as a hop of the engine: requests are its
+/// messages, backends' outcomes its events; its timer serves the
+/// earliest deadline (the head slot's) and the retry of requests waiting
+/// for a connection to open.
+struct ClientConn {
+    q: Slots,
+    settings: Arc<ClientSettings>,
+    retry_at: Option<Instant>,
+}
+
+impl ClientConn {
+    /// Writes the finished head of the queue and arms the retry timer.
+    fn settle(&mut self, cx: &mut Cx<'_>) {
+        self.q.pop_done(cx);
+        if self.q.connecting > 0 && self.retry_at.is_none() {
+            self.retry_at = Some(cx.now() + CONNECT_WAIT);
         }
+    }
+}
+
+impl Hop for ClientConn {
+    type Event = (u64, Outcome);
+
+    fn on_message(&mut self, msg: Message, cx: &mut Cx<'_>) -> Flow {
+        // One clock read per batch: every request gets the same timeout.
+        let deadline = cx.now() + self.settings.rpc_timeout;
+        self.q.request(msg, deadline);
+        Flow::Continue
+    }
+
+    fn wants_frames(&self, _queued: usize) -> bool {
+        self.q.slots.len() < self.settings.max_inflight
+    }
+
+    fn poll_event(&mut self, c: &mut Context<'_>) -> Poll<Option<Self::Event>> {
+        match &mut self.q.replies {
+            Some(rx) => rx.poll_recv(c),
+            None => Poll::Pending,
+        }
+    }
+
+    fn try_event(&mut self) -> Option<Self::Event> {
+        self.q.replies.as_mut()?.try_recv().ok()
+    }
+
+    fn wants_events(&self) -> bool {
+        self.q.replies.is_some()
+    }
+
+    fn on_event(&mut self, (slot, outcome): Self::Event, _cx: &mut Cx<'_>) -> Flow {
+        self.q.complete(slot, outcome);
+        Flow::Continue
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let head = self.q.slots.front().map(|s| s.deadline);
+        match (head, self.retry_at) {
+            (Some(h), Some(r)) => Some(h.min(r)),
+            (h, r) => h.or(r),
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<'_>) -> Flow {
+        let now = cx.now();
+        self.q.expire(now);
+        if self.retry_at.is_some_and(|r| r <= now) {
+            self.retry_at = None;
+            self.q.retry_connecting();
+        }
+        self.settle(cx);
+        Flow::Continue
+    }
+
+    fn on_batch_end(&mut self, cx: &mut Cx<'_>) {
+        self.settle(cx);
+    }
+
+    fn owes(&self) -> bool {
+        !self.q.slots.is_empty()
+    }
+
+    fn on_bad_input(&mut self, error: &str, header: Option<Header>, cx: &mut Cx<'_>) -> Flow {
+        tracing::warn!(peer = %cx.peer, error, "bad input from client, closing");
+        self.settings.metrics.error(ErrorKind::Protocol);
+        Flow::CloseWith(protocol_error(error, header))
     }
 }
 
@@ -324,11 +298,15 @@ impl Slots {
             }
             Refused::Unknown => {
                 self.metrics.error(ErrorKind::UnknownService);
-                State::Done(Some(errors::unknown_service(service, method, seqid)))
+                State::Done(Some(
+                    Failure::UnknownService.to_exception(service, method, seqid),
+                ))
             }
             Refused::NoEndpoint => {
                 self.metrics.error(ErrorKind::NoEndpoint);
-                State::Done(Some(errors::no_endpoint(service, method, seqid)))
+                State::Done(Some(
+                    Failure::NoEndpoint.to_exception(service, method, seqid),
+                ))
             }
         };
     }
@@ -354,18 +332,15 @@ impl Slots {
         };
         let (service, method, seqid) = (slot.service(), slot.method(), slot.client_seqid);
         slot.state = State::Done(Some(match outcome {
-            Outcome::Reply(mut reply) => {
-                reply.set_seqid(seqid);
-                reply.into_bytes()
-            }
-            Outcome::Failed(cause) => {
+            // The backend gave the reply back the client's seqid.
+            Outcome::Reply(reply) => reply.into_bytes(),
+            Outcome::Failed(failure) => {
                 self.metrics.error(ErrorKind::Failed);
-                errors::failed(service, method, seqid, &cause)
+                failure.to_exception(service, method, seqid)
             }
             Outcome::NotSent(_) => {
                 self.metrics.error(ErrorKind::Failed);
-                let cause = "no endpoint could take the request";
-                errors::failed(service, method, seqid, cause)
+                Failure::NotSent.to_exception(service, method, seqid)
             }
         }));
     }
@@ -381,12 +356,12 @@ impl Slots {
                 State::Done(_) => continue,
                 State::Waiting => {
                     self.metrics.error(ErrorKind::Timeout);
-                    errors::timeout(service, method, seqid)
+                    Failure::Timeout.to_exception(service, method, seqid)
                 }
                 State::Connecting(_) => {
                     self.metrics.error(ErrorKind::NoEndpoint);
                     self.connecting -= 1;
-                    errors::no_endpoint(service, method, seqid)
+                    Failure::NoEndpoint.to_exception(service, method, seqid)
                 }
             };
             slot.state = State::Done(Some(reply));
@@ -408,8 +383,8 @@ impl Slots {
         }
     }
 
-    /// Moves finished slots at the head into the writer, in order.
-    fn pop_done<W: tokio::io::AsyncWrite + Unpin>(&mut self, writer: &mut FrameWriter<W>) {
+    /// Moves finished slots at the head into the write batch, in order.
+    fn pop_done(&mut self, cx: &mut Cx<'_>) {
         while let Some(Slot {
             state: State::Done(_),
             ..
@@ -418,19 +393,9 @@ impl Slots {
             let slot = self.slots.pop_front().expect("front exists");
             self.base += 1;
             if let State::Done(Some(frame)) = slot.state {
-                writer.push(frame);
+                cx.send(frame);
             }
         }
-    }
-}
-
-/// The next outcome on the reply channel; never, while there is none.
-async fn recv_reply(
-    replies: &mut Option<mpsc::UnboundedReceiver<(u64, Outcome)>>,
-) -> Option<(u64, Outcome)> {
-    match replies {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -442,14 +407,4 @@ fn done(deadline: Instant, seqid: i32, frame: Bytes) -> Slot {
         name: NameBuf::new(b""),
         state: State::Done(Some(frame)),
     }
-}
-
-/// The reply to unreadable input: a PROTOCOL_ERROR exception, named and
-/// numbered after the offending message when its header could be read.
-fn protocol_error(text: &str, header: Option<Header>) -> Bytes {
-    let (name, seqid) = match &header {
-        Some(h) => (h.bare_name(), h.seqid),
-        None => (&b""[..], 0),
-    };
-    application_exception(name, seqid, ExceptionKind::ProtocolError, text).freeze()
 }

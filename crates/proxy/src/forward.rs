@@ -1,12 +1,11 @@
-//! Handing one request to a backend connection of its service, and the
-//! `EXCEPTION` replies of SPEC §3 for everything that can go wrong.
+//! Handing one request to a backend connection of its service (the
+//! `EXCEPTION` replies of SPEC §3 are `rpc_engine::Failure`'s).
 //!
 //! Dispatch is synchronous: the client connection's task picks a backend
 //! (`balance.rs`) and puts the job on its channel; the outcome comes back on
 //! the client connection's reply channel (`client.rs` keeps the slots).
 
-use bytes::Bytes;
-use rpc_codec::{application_exception, ExceptionKind, Message};
+use rpc_codec::Message;
 
 use crate::backend::{Job, State};
 use crate::routes::Routes;
@@ -73,42 +72,4 @@ pub fn oneway(routes: &Routes, mut msg: Message) {
     }
     let name = String::from_utf8_lossy(job.msg.name());
     tracing::warn!(method = %name, "oneway call dropped: no live endpoint");
-}
-
-/// The error replies, worded as the original's (clients match on them).
-pub mod errors {
-    use super::*;
-
-    fn reply(method: &[u8], seqid: i32, kind: ExceptionKind, text: &str) -> Bytes {
-        application_exception(method, seqid, kind, text).freeze()
-    }
-
-    pub fn unknown_service(service: &str, method: &[u8], seqid: i32) -> Bytes {
-        let text = format!("Service: {service} Not Found");
-        reply(method, seqid, ExceptionKind::Unknown, &text)
-    }
-
-    pub fn no_endpoint(service: &str, method: &[u8], seqid: i32) -> Bytes {
-        let text = format!(
-            "Service: {service} has no live endpoint for method {}",
-            String::from_utf8_lossy(method)
-        );
-        reply(method, seqid, ExceptionKind::InternalError, &text)
-    }
-
-    pub fn failed(service: &str, method: &[u8], seqid: i32, cause: &str) -> Bytes {
-        let text = format!(
-            "{service}:{} failed: {cause}",
-            String::from_utf8_lossy(method)
-        );
-        reply(method, seqid, ExceptionKind::InternalError, &text)
-    }
-
-    pub fn timeout(service: &str, method: &[u8], seqid: i32) -> Bytes {
-        let text = format!(
-            "Timeout Exception: {service}:{} got no reply in time",
-            String::from_utf8_lossy(method)
-        );
-        reply(method, seqid, ExceptionKind::InternalError, &text)
-    }
 }

@@ -13,7 +13,6 @@ pub mod backend;
 pub mod balance;
 pub mod client;
 pub mod ewma;
-mod fasthash;
 pub mod forward;
 pub mod metrics;
 pub mod routes;

@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use rpc_codec::{
-    application_exception, ExceptionKind, Header, Message, MessageType, NameBuf, LEN_PREFIX,
-};
+use rpc_codec::{application_exception, ExceptionKind, Message, MessageType, NameBuf, LEN_PREFIX};
 use tokio::sync::mpsc;
 
 use crate::tracker::Tracker;
@@ -111,14 +109,6 @@ fn check_reply(frame: &[u8], seqid: i32) -> Result<(), String> {
             "the handler's reply has type {kind:?} and seqid {got} (expected a reply with seqid {seqid})"
         ))
     }
-}
-
-/// The exception sent for unreadable input before the connection closes.
-pub(crate) fn protocol_error(header: Option<Header>, error: &str) -> Bytes {
-    let (name, seqid) = header
-        .map(|h| (h.bare_name().to_vec(), h.seqid))
-        .unwrap_or_default();
-    application_exception(&name, seqid, ExceptionKind::ProtocolError, error).freeze()
 }
 
 #[cfg(test)]

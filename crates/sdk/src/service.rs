@@ -3,16 +3,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::task::{Context as TaskContext, Poll};
+
 use anyhow::Context;
-use bytes::{Bytes, BytesMut};
-use rpc_codec::{FrameCodec, FrameError, Message, MessageType};
+use rpc_codec::{Message, MessageType};
 use rpc_config::Config;
+use rpc_engine::conn;
+use rpc_engine::lost::protocol_error;
+use rpc_engine::{Cx, Flow, Hop, Options};
 use rpc_registry::{Endpoint, Registration, Registry};
-use rpc_transport::{Address, FrameReader, FrameWriter, Listener, Stream};
+use rpc_transport::{Address, Listener, Stream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::conn::{protocol_error, start, Done};
+use crate::conn::{start, Done};
 use crate::tracker::Tracker;
 use crate::Handler;
 
@@ -282,135 +286,89 @@ async fn accept_loop(
     while conns.join_next().await.is_some() {}
 }
 
-/// One connection, owned by one task: reads every waiting request per
-/// wake-up, answers heartbeats, starts each request (see
-/// [`crate::conn::start`]) and writes the replies of a batch together,
-/// racing writes against reads. Reading pauses while `max_inflight`
-/// requests are unanswered (running, or answered but not yet written).
+/// One connection, as a hop of the engine: answers heartbeats, starts
+/// each request (see [`crate::conn::start`]) and writes the replies of a
+/// batch together. Reading pauses while `max_inflight` requests are
+/// unanswered (running, or answered but not yet written).
 async fn serve_conn(stream: Stream, shared: &ConnShared, mut shutdown: watch::Receiver<bool>) {
-    let peer = stream.peer();
-    let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, FrameCodec::new(shared.max_frame))
-        .with_frame_timeout(shared.frame_timeout);
-    let mut writer = FrameWriter::new(w);
+    let opts = Options::new(shared.max_frame).frame_timeout(shared.frame_timeout);
     // Outcomes of the requests that went to tasks of their own.
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done<()>>();
-    let mut running = 0usize;
-    // Cleared on shutdown, end of input or bad input: then the replies
-    // still due are written and the connection closes.
-    let mut reading = true;
-    let mut paused = false;
-    loop {
-        let full = running + writer.len() >= shared.max_inflight;
-        if !reading && running == 0 && writer.is_empty() {
-            break;
-        }
-        if paused && !full {
-            // The pause was ours (backpressure), not the peer's.
-            reader.reset_frame_clock();
-        }
-        paused = full;
-        tokio::select! {
-            biased;
-            Some((_, reply)) = done_rx.recv(), if running > 0 => {
-                running -= 1;
-                writer.extend(reply);
-                while running > 0 {
-                    let Ok((_, reply)) = done_rx.try_recv() else { break };
-                    running -= 1;
-                    writer.extend(reply);
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Done<()>>();
+    let mut hop = ServiceConn {
+        shared,
+        done_tx,
+        done_rx,
+        running: 0,
+        arrived: 0,
+    };
+    let stop = async move { stopped(&mut shutdown).await };
+    conn::run(&mut hop, stream, stop, &opts).await;
+}
+
+struct ServiceConn<'a> {
+    shared: &'a ConnShared,
+    done_tx: mpsc::UnboundedSender<Done<()>>,
+    done_rx: mpsc::UnboundedReceiver<Done<()>>,
+    /// Requests on tasks of their own.
+    running: usize,
+    /// Requests read in this batch.
+    arrived: u64,
+}
+
+impl Hop for ServiceConn<'_> {
+    type Event = Done<()>;
+
+    fn on_message(&mut self, mut msg: Message, cx: &mut Cx<'_>) -> Flow {
+        match msg.kind() {
+            MessageType::Heartbeat => cx.send(msg.into_bytes()),
+            MessageType::Call | MessageType::Oneway => {
+                msg.strip_service();
+                self.arrived += 1;
+                let s = self.shared;
+                match start(&s.handler, msg, &s.tracker, &self.done_tx, ()) {
+                    Some(reply) => reply.into_iter().for_each(|r| cx.send(r)),
+                    None => self.running += 1,
                 }
             }
-            r = writer.write_some(), if !writer.is_empty() => {
-                if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "write failed; connection closed");
-                    return;
-                }
+            other => {
+                let why = format!("unexpected message type {other:?} sent to a service");
+                tracing::warn!(peer = %cx.peer, error = %why, "bad input; closing connection");
+                return Flow::CloseWith(protocol_error(&why, Some(msg.header())));
             }
-            frame = reader.next(), if reading && !full => {
-                let Some(mut frame) = frame else {
-                    reading = false;
-                    continue;
-                };
-                let mut requests = 0;
-                // This frame and every other one already read, as far as
-                // the in-flight limit allows.
-                loop {
-                    match read_one(frame, &reader) {
-                        Incoming::Request(msg) => {
-                            requests += 1;
-                            match start(&shared.handler, msg, &shared.tracker, &done_tx, ()) {
-                                Some(reply) => writer.extend(reply),
-                                None => running += 1,
-                            }
-                        }
-                        Incoming::Heartbeat(echo) => writer.push(echo),
-                        Incoming::Bad(why, exception) => {
-                            tracing::warn!(%peer, error = %why, "bad input; closing connection");
-                            writer.push(exception);
-                            reading = false;
-                            break;
-                        }
-                    }
-                    if running + writer.len() >= shared.max_inflight {
-                        break;
-                    }
-                    match reader.next_buffered() {
-                        Some(f) => frame = f,
-                        None => break,
-                    }
-                }
-                shared.tracker.arrived(requests);
-            }
-            _ = stopped(&mut shutdown), if reading => reading = false,
         }
+        Flow::Continue
     }
-    let _ = tokio::io::AsyncWriteExt::shutdown(writer.get_mut()).await;
-}
 
-/// One frame as read by a service connection.
-enum Incoming {
-    /// A call or oneway, its name stripped of any `service:` prefix.
-    Request(Message),
-    /// A heartbeat, to be sent back unchanged.
-    Heartbeat(Bytes),
-    /// Unreadable or unexpected input: why, and the exception to send
-    /// before the connection closes.
-    Bad(String, Bytes),
-}
+    fn wants_frames(&self, queued: usize) -> bool {
+        self.running + queued < self.shared.max_inflight
+    }
 
-fn read_one(frame: Result<BytesMut, FrameError>, reader: &FrameReader) -> Incoming {
-    let frame = match frame {
-        Ok(f) => f,
-        Err(e) => {
-            let header = reader
-                .buffered()
-                .get(rpc_codec::LEN_PREFIX..)
-                .and_then(rpc_codec::Header::peek);
-            let why = e.to_string();
-            let exception = protocol_error(header, &why);
-            return Incoming::Bad(why, exception);
-        }
-    };
-    let mut msg = match Message::parse_or_peek(frame) {
-        Ok(m) => m,
-        Err((e, header)) => {
-            let why = e.to_string();
-            let exception = protocol_error(header, &why);
-            return Incoming::Bad(why, exception);
-        }
-    };
-    match msg.kind() {
-        MessageType::Heartbeat => Incoming::Heartbeat(msg.into_bytes()),
-        MessageType::Call | MessageType::Oneway => {
-            msg.strip_service();
-            Incoming::Request(msg)
-        }
-        other => {
-            let why = format!("unexpected message type {other:?} sent to a service");
-            let exception = protocol_error(Some(msg.header()), &why);
-            Incoming::Bad(why, exception)
-        }
+    fn poll_event(&mut self, c: &mut TaskContext<'_>) -> Poll<Option<Done<()>>> {
+        self.done_rx.poll_recv(c)
+    }
+
+    fn try_event(&mut self) -> Option<Done<()>> {
+        self.done_rx.try_recv().ok()
+    }
+
+    fn wants_events(&self) -> bool {
+        self.running > 0
+    }
+
+    fn on_event(&mut self, (_, reply): Done<()>, cx: &mut Cx<'_>) -> Flow {
+        self.running -= 1;
+        reply.into_iter().for_each(|r| cx.send(r));
+        Flow::Continue
+    }
+
+    fn on_batch_end(&mut self, _cx: &mut Cx<'_>) {
+        self.shared
+            .tracker
+            .arrived(std::mem::take(&mut self.arrived));
+    }
+
+    fn owes(&self) -> bool {
+        self.running > 0
     }
 }
 

@@ -5,15 +5,19 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use rpc_codec::{application_exception, ExceptionKind, FrameCodec, Message, MessageType};
+use std::task::{Context, Poll};
+
+use anyhow::Context as _;
+use rpc_codec::{application_exception, ExceptionKind, Message, MessageType};
 use rpc_config::Config;
-use rpc_transport::{Address, FrameReader, FrameWriter, Stream, WriteHalf};
+use rpc_engine::conn::{self, End};
+use rpc_engine::{Cx, Flow, Hop, Lost, Options};
+use rpc_transport::{Address, Stream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 
-use crate::conn::{protocol_error, start, Done};
+use crate::conn::{start, Done};
 use crate::tracker::Tracker;
 use crate::Handler;
 
@@ -176,10 +180,7 @@ impl Worker {
         let _ = tokio::time::timeout(me.stop_timeout, tracker.wait_idle()).await;
     }
 
-    /// Serves one connection to the LB, owned by this one task: reads every
-    /// waiting frame per wake-up, starts requests while a pool slot is free
-    /// (queueing the rest in arrival order), and writes the replies of a
-    /// batch together, racing writes against reads.
+    /// Serves one connection to the LB (a [`WorkerConn`] on the engine).
     async fn serve_connection(
         &self,
         stream: Stream,
@@ -191,134 +192,64 @@ impl Worker {
         ),
         stop: &mut watch::Receiver<bool>,
     ) -> ConnEnd {
-        let (r, w) = stream.into_split();
-        let mut reader = FrameReader::new(r, FrameCodec::new(self.max_frame));
-        let mut writer = FrameWriter::new(w);
-        let mut queue: VecDeque<Message> = VecDeque::new();
-        // One timer for the LB's silence: it is pushed back only when it
-        // fires, to the last frame's time plus the timeout.
-        let mut last_frame = Instant::now();
-        let silence = sleep_until(last_frame + self.heartbeat_timeout);
-        tokio::pin!(silence);
-        // Set once STOP is sent: the deadline of the whole stop.
-        let stop_deadline = sleep_until(Instant::now());
-        tokio::pin!(stop_deadline);
-        let mut stopping = false;
-        let mut confirmed = false;
-        let end = 'conn: loop {
-            if confirmed && pool.running == 0 && queue.is_empty() && writer.is_empty() {
-                tracing::info!("stop confirmed and idle; closing");
-                break ConnEnd::Stopped;
-            }
-            tokio::select! {
-                biased;
-                Some(first) = done_rx.recv(), if pool.running > 0 => {
-                    let mut next = Some(first);
-                    while let Some((conn, reply)) = next {
-                        pool.running -= 1;
-                        if conn == pool.conn {
-                            writer.extend(reply);
-                        }
-                        next = if pool.running > 0 { done_rx.try_recv().ok() } else { None };
-                    }
-                    while pool.running < pool.size {
-                        let Some(msg) = queue.pop_front() else { break };
-                        self.start_now(msg, tracker, pool, done_tx, &mut writer);
-                    }
-                }
-                r = writer.write_some(), if !writer.is_empty() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "write to the LB failed");
-                        break ConnEnd::Lost;
-                    }
-                }
-                _ = stop.wait_for(|s| *s), if !stopping => {
-                    tracing::info!("stopping: sending STOP to the LB");
-                    writer.push(rpc_codec::stop().freeze());
-                    stopping = true;
-                    stop_deadline.as_mut().reset(Instant::now() + self.stop_timeout);
-                }
-                _ = &mut stop_deadline, if stopping => {
-                    tracing::warn!(inflight = pool.running + queue.len(), "stop timeout reached");
-                    break ConnEnd::Stopped;
-                }
-                _ = &mut silence => {
-                    let due = last_frame + self.heartbeat_timeout;
-                    if due <= Instant::now() {
-                        tracing::warn!(timeout = ?self.heartbeat_timeout, "no heartbeat from the LB");
-                        break ConnEnd::Lost;
-                    }
-                    silence.as_mut().reset(due);
-                }
-                frame = reader.next() => {
-                    last_frame = Instant::now();
-                    let Some(mut frame) = frame else { break ConnEnd::Lost };
-                    loop {
-                        let msg = match frame.map_err(|e| (e.to_string(), None)).and_then(|f| {
-                            Message::parse_or_peek(f).map_err(|(e, h)| (e.to_string(), h))
-                        }) {
-                            Ok(m) => m,
-                            Err((why, header)) => {
-                                tracing::warn!(error = %why, "bad input from the LB");
-                                let header = header.or_else(|| {
-                                    reader
-                                        .buffered()
-                                        .get(rpc_codec::LEN_PREFIX..)
-                                        .and_then(rpc_codec::Header::peek)
-                                });
-                                writer.push(protocol_error(header, &why));
-                                break 'conn ConnEnd::Lost;
-                            }
-                        };
-                        match msg.kind() {
-                            MessageType::Heartbeat => writer.push(msg.into_bytes()),
-                            MessageType::StopConfirm => {
-                                tracing::info!(inflight = pool.running + queue.len(), "LB confirmed the stop");
-                                confirmed = true;
-                            }
-                            MessageType::Call | MessageType::Oneway => {
-                                self.dispatch(msg, &mut queue, tracker, pool, done_tx, &mut writer);
-                            }
-                            other => {
-                                tracing::warn!(kind = ?other, "unexpected message from the LB; ignored");
-                            }
-                        }
-                        match reader.next_buffered() {
-                            Some(f) => frame = f,
-                            None => break,
-                        }
-                    }
-                }
-            }
+        let mut hop = WorkerConn {
+            w: self,
+            tracker,
+            pool,
+            done_tx,
+            done_rx,
+            queue: VecDeque::new(),
+            last_frame: Instant::now(),
+            stop_deadline: None,
         };
-        if matches!(end, ConnEnd::Lost) && stopping {
+        let stopping = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let opts = Options {
+            write_buffer_limit: usize::MAX,
+            ..Options::new(self.max_frame)
+        };
+        let end = conn::run(&mut hop, stream, stopping, &opts).await;
+        let stopping = hop.stop_deadline.is_some();
+        match end {
+            End::Closed if stopping => ConnEnd::Stopped,
             // The LB went away during our stop: nothing left to wait for.
-            return ConnEnd::Stopped;
+            End::Lost(_) if stopping => ConnEnd::Stopped,
+            End::Closed => ConnEnd::Lost,
+            End::Lost(cause) => {
+                tracing::debug!(%cause, "connection to the LB ended");
+                ConnEnd::Lost
+            }
         }
-        // Replies already produced are written before the socket closes.
-        let flushed = tokio::time::timeout(Duration::from_secs(5), writer.flush()).await;
-        if let Ok(Ok(())) = flushed {
-            let _ = tokio::io::AsyncWriteExt::shutdown(writer.get_mut()).await;
-        }
-        end
     }
+}
 
+/// One connection to the LB as a hop of the engine: starts requests
+/// while a pool slot is free (queueing the rest in arrival order), echoes
+/// heartbeats, and runs the graceful stop (`STOP`, then `STOP_CONFIRM`
+/// and an empty pool). Its timer is the LB's silence and the stop's
+/// deadline.
+struct WorkerConn<'a> {
+    w: &'a Worker,
+    tracker: &'a Arc<Tracker>,
+    pool: &'a mut Pool,
+    done_tx: &'a mpsc::UnboundedSender<Done<u64>>,
+    done_rx: &'a mut mpsc::UnboundedReceiver<Done<u64>>,
+    queue: VecDeque<Message>,
+    last_frame: Instant,
+    /// Set once STOP is sent: the deadline of the whole stop.
+    stop_deadline: Option<Instant>,
+}
+
+impl WorkerConn<'_> {
     /// Starts a request now if a pool slot is free, else queues it; beyond
     /// the queue's bound a call is refused.
-    fn dispatch(
-        &self,
-        mut msg: Message,
-        queue: &mut VecDeque<Message>,
-        tracker: &Arc<Tracker>,
-        pool: &mut Pool,
-        done: &mpsc::UnboundedSender<Done<u64>>,
-        writer: &mut FrameWriter<WriteHalf>,
-    ) {
+    fn dispatch(&mut self, mut msg: Message, cx: &mut Cx<'_>) {
         msg.strip_service();
-        if pool.running < pool.size && queue.is_empty() {
-            self.start_now(msg, tracker, pool, done, writer);
-        } else if queue.len() < self.max_queued {
-            queue.push_back(msg);
+        if self.pool.running < self.pool.size && self.queue.is_empty() {
+            self.start_now(msg, cx);
+        } else if self.queue.len() < self.w.max_queued {
+            self.queue.push_back(msg);
         } else {
             tracing::warn!("worker queue full; refusing a request");
             if msg.kind() == MessageType::Call {
@@ -328,25 +259,117 @@ impl Worker {
                     ExceptionKind::InternalError,
                     "worker overloaded: too many queued requests",
                 );
-                writer.push(e.freeze());
+                cx.send(e.freeze());
             }
         }
     }
 
     /// Runs a request in a free pool slot: answered at once, or holding
     /// the slot until its task reports back.
-    fn start_now(
-        &self,
-        msg: Message,
-        tracker: &Arc<Tracker>,
-        pool: &mut Pool,
-        done: &mpsc::UnboundedSender<Done<u64>>,
-        writer: &mut FrameWriter<WriteHalf>,
-    ) {
-        match start(&self.handler, msg, tracker, done, pool.conn) {
-            Some(reply) => writer.extend(reply),
-            None => pool.running += 1,
+    fn start_now(&mut self, msg: Message, cx: &mut Cx<'_>) {
+        match start(
+            &self.w.handler,
+            msg,
+            self.tracker,
+            self.done_tx,
+            self.pool.conn,
+        ) {
+            Some(reply) => reply.into_iter().for_each(|r| cx.send(r)),
+            None => self.pool.running += 1,
         }
+    }
+}
+
+impl Hop for WorkerConn<'_> {
+    type Event = Done<u64>;
+
+    fn on_message(&mut self, msg: Message, cx: &mut Cx<'_>) -> Flow {
+        self.last_frame = cx.now();
+        match msg.kind() {
+            MessageType::Heartbeat => cx.send(msg.into_bytes()),
+            MessageType::StopConfirm if self.stop_deadline.is_some() => {
+                tracing::info!(
+                    inflight = self.pool.running + self.queue.len(),
+                    "LB confirmed the stop"
+                );
+                // Nothing new comes; close once the pool is empty.
+                return Flow::Close;
+            }
+            MessageType::Call | MessageType::Oneway => self.dispatch(msg, cx),
+            other => tracing::warn!(kind = ?other, "unexpected message from the LB; ignored"),
+        }
+        Flow::Continue
+    }
+
+    fn poll_event(&mut self, c: &mut Context<'_>) -> Poll<Option<Done<u64>>> {
+        self.done_rx.poll_recv(c)
+    }
+
+    fn try_event(&mut self) -> Option<Done<u64>> {
+        self.done_rx.try_recv().ok()
+    }
+
+    fn wants_events(&self) -> bool {
+        self.pool.running > 0
+    }
+
+    fn on_event(&mut self, (conn, reply): Done<u64>, cx: &mut Cx<'_>) -> Flow {
+        self.pool.running -= 1;
+        // A request read by an earlier connection: its reply has nowhere to go.
+        if conn == self.pool.conn {
+            reply.into_iter().for_each(|r| cx.send(r));
+        }
+        Flow::Continue
+    }
+
+    fn on_batch_end(&mut self, cx: &mut Cx<'_>) {
+        while self.pool.running < self.pool.size {
+            let Some(msg) = self.queue.pop_front() else {
+                break;
+            };
+            self.start_now(msg, cx);
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let silence = self.last_frame + self.w.heartbeat_timeout;
+        Some(self.stop_deadline.map_or(silence, |d| d.min(silence)))
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<'_>) -> Flow {
+        let now = cx.now();
+        if self.stop_deadline.is_some_and(|d| d <= now) {
+            tracing::warn!(
+                inflight = self.pool.running + self.queue.len(),
+                "stop timeout reached"
+            );
+            return Flow::Finish;
+        }
+        let silent = now.saturating_duration_since(self.last_frame);
+        if silent >= self.w.heartbeat_timeout {
+            tracing::warn!(timeout = ?self.w.heartbeat_timeout, "no heartbeat from the LB");
+            return Flow::End(Lost::Silent(silent));
+        }
+        Flow::Continue
+    }
+
+    fn on_shutdown(&mut self, cx: &mut Cx<'_>) -> Flow {
+        tracing::info!("stopping: sending STOP to the LB");
+        cx.send(rpc_codec::stop().freeze());
+        self.stop_deadline = Some(cx.now() + self.w.stop_timeout);
+        Flow::Continue
+    }
+
+    fn owes(&self) -> bool {
+        self.pool.running > 0 || !self.queue.is_empty()
+    }
+
+    fn on_eof(&mut self, _cx: &mut Cx<'_>) -> Flow {
+        Flow::End(Lost::Closed)
+    }
+
+    fn on_read_error(&mut self, e: &std::io::Error, _cx: &mut Cx<'_>) -> Flow {
+        Flow::End(Lost::io(e))
     }
 }
 
