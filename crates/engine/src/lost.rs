@@ -84,6 +84,8 @@ pub enum Failure {
     Lost { peer: Arc<str>, cause: Lost },
     /// Refused before being sent (`why`: e.g. the queue is full).
     Rejected(&'static str),
+    /// Still waiting when `who` (this side) stopped.
+    Stopping(&'static str),
 }
 
 impl Failure {
@@ -116,6 +118,10 @@ impl Failure {
                 ExceptionKind::InternalError,
                 format!("{service}:{m} rejected: {why}"),
             ),
+            Failure::Stopping(who) => (
+                ExceptionKind::InternalError,
+                format!("{service}:{m} failed: {who} is stopping"),
+            ),
         };
         application_exception(method, seqid, kind, &text).freeze()
     }
@@ -130,6 +136,7 @@ impl Failure {
             Failure::NotSent => "not_sent",
             Failure::Lost { .. } => "lost",
             Failure::Rejected(_) => "rejected",
+            Failure::Stopping(_) => "stopping",
         }
     }
 }

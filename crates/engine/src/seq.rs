@@ -62,6 +62,15 @@ impl<V> SeqTable<V> {
         Some(v)
     }
 
+    /// The entry of a seqid in flight.
+    pub fn get(&self, seqid: i32) -> Option<&V> {
+        self.map.get(&seqid).map(|(_, v)| v)
+    }
+
+    pub fn get_mut(&mut self, seqid: i32) -> Option<&mut V> {
+        self.map.get_mut(&seqid).map(|(_, v)| v)
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

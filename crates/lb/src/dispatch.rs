@@ -21,6 +21,8 @@ use rpc_config::Dispatch;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
+use rpc_engine::Failure;
+
 use crate::metrics::{WorkerCounters, WorkerTotals};
 use crate::reply::ReplyTo;
 
@@ -29,15 +31,11 @@ use crate::reply::ReplyTo;
 pub enum Outcome {
     /// The worker's REPLY or EXCEPTION, seqid already restored to the caller's.
     Reply(Message),
-    /// Written to a worker whose connection then failed.
-    Failed(String),
-    /// The deadline passed before it was sent (waiting in the queue, or
-    /// handed to a worker task that had not written it yet).
-    Expired,
-    /// Sent, and the worker did not answer by the deadline.
-    TimedOut,
-    /// Not accepted (queue full); never sent.
-    Rejected(String),
+    /// An exception instead: [`Failure::TimeoutInQueue`] (the deadline
+    /// passed before it was sent), [`Failure::Timeout`] (sent, no answer
+    /// by the deadline), [`Failure::Rejected`] (the queue is full; never
+    /// sent), [`Failure::Lost`] (its worker's connection failed).
+    Failed(Failure),
 }
 
 /// One request on its way to a worker.
@@ -246,10 +244,9 @@ impl Dispatcher {
             job
         };
         if core.queue.len() >= self.queue_size {
-            let waiting = core.queue.len();
             // Answering only queues a message: fine under the lock.
-            job.answer(Outcome::Rejected(format!(
-                "LB queue full: {waiting} requests already wait for a free worker slot"
+            job.answer(Outcome::Failed(Failure::Rejected(
+                "LB queue full: every worker slot is busy and queue_size requests wait",
             )));
             return;
         }
@@ -327,7 +324,7 @@ impl Dispatcher {
 
     fn finish(expired: Vec<Job>) {
         for job in expired {
-            job.answer(Outcome::Expired);
+            job.answer(Outcome::Failed(Failure::TimeoutInQueue));
         }
     }
 
@@ -476,7 +473,7 @@ mod tests {
     fn outcome(rx: &mut AnswerRx) -> Option<Outcome> {
         match rx.try_recv().ok()? {
             Answer::Reply(m) => Some(Outcome::Reply(m)),
-            Answer::Error(f) => Some(f.outcome),
+            Answer::Error(f) => Some(Outcome::Failed(f.failure)),
         }
     }
 
@@ -506,7 +503,10 @@ mod tests {
         assert_eq!((got_a, got_b), (vec![0, 2], vec![1, 3]));
         assert_eq!(d.stats().queued, 2);
         // The 7th found the queue full.
-        assert!(matches!(outcome(&mut keep[6]), Some(Outcome::Rejected(_))));
+        assert!(matches!(
+            outcome(&mut keep[6]),
+            Some(Outcome::Failed(Failure::Rejected(_)))
+        ));
         // A freed slot takes the oldest waiting job.
         d.release(ib, 1);
         assert_eq!(drain(&mut b), vec![4]);
@@ -533,7 +533,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         d.release(ia, 1);
         assert_eq!(drain(&mut a), vec![3]);
-        assert!(matches!(outcome(&mut r1), Some(Outcome::Expired)));
+        assert!(matches!(
+            outcome(&mut r1),
+            Some(Outcome::Failed(Failure::TimeoutInQueue))
+        ));
     }
 
     #[tokio::test]
@@ -544,7 +547,9 @@ mod tests {
         d.submit(j); // no worker: queued
         assert_eq!(d.stats().queued, 1);
         let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-        assert!(matches!(got, Ok(Some(Answer::Error(f))) if matches!(f.outcome, Outcome::Expired)));
+        assert!(
+            matches!(got, Ok(Some(Answer::Error(f))) if matches!(f.failure, Failure::TimeoutInQueue))
+        );
         assert_eq!(d.stats().queued, 0);
         sweeper.abort();
     }

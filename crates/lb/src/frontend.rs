@@ -8,20 +8,20 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpc_codec::{
-    application_exception, ExceptionKind, FrameCodec, FrameError, Header, Message, MessageType,
-};
-use rpc_transport::{FrameWriter, Stream};
+use rpc_codec::{application_exception, ExceptionKind, Message, MessageType};
+use rpc_engine::conn;
+use rpc_engine::{Cx, Failure, Flow, Hop, Options};
+use rpc_transport::Stream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::dispatch::{Dispatcher, Job, Outcome};
+use crate::dispatch::{Dispatcher, Job};
 use crate::metrics::{Ending, Metrics, Tally};
-use crate::reply::{Answer, AnswerTx, ReplyTo};
-use rpc_transport::FrameReader;
+use crate::reply::{Answer, AnswerRx, AnswerTx, ReplyTo};
 
 pub struct FrontSettings {
     pub service: Arc<str>,
@@ -67,10 +67,6 @@ impl Default for Activity {
     }
 }
 
-/// Replies waiting for a proxy that does not read: beyond this, stop
-/// reading its requests.
-const WRITE_BUFFER_LIMIT: usize = 4 << 20;
-
 pub async fn serve(
     stream: Stream,
     dispatcher: Arc<Dispatcher>,
@@ -78,114 +74,94 @@ pub async fn serve(
     activity: Arc<Activity>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let peer = stream.peer();
-    let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, FrameCodec::new(settings.max_frame))
-        .with_frame_timeout(settings.frame_timeout);
-    let mut writer = FrameWriter::new(w);
+    let opts = Options::new(settings.max_frame).frame_timeout(settings.frame_timeout);
     // Every request's answer comes back through this one channel.
-    let (tx, mut answers) = mpsc::unbounded_channel();
-    // Requests handed to the dispatcher and not yet answered.
-    let mut inflight = 0usize;
-    let mut jobs = Vec::new();
-    // Set when reading must stop: the final frame to send once the replies
-    // already owed are out (a protocol error), if any.
-    let mut closing: Option<Option<Bytes>> = None;
-    // How this wake-up's requests ended; added to the shared counters once.
-    let mut tally = Tally::default();
-    let stop = crate::until(&mut shutdown, |s| *s);
-    tokio::pin!(stop);
-    let mut stop_seen = false;
+    let (tx, answers) = mpsc::unbounded_channel();
+    let mut hop = FrontConn {
+        dispatcher: &dispatcher,
+        settings: &settings,
+        activity: &activity,
+        tx,
+        answers,
+        inflight: 0,
+        jobs: Vec::new(),
+        tally: Tally::default(),
+    };
+    let stop = async move {
+        crate::until(&mut shutdown, |s| *s).await;
+    };
+    conn::run(&mut hop, stream, stop, &opts).await;
+}
 
-    loop {
-        if closing.is_some() && inflight == 0 && writer.is_empty() {
-            break;
+/// One proxy connection as a hop of the engine: requests go to the
+/// dispatcher in batches, answers (its events) are written as they come.
+struct FrontConn<'a> {
+    dispatcher: &'a Dispatcher,
+    settings: &'a FrontSettings,
+    activity: &'a Activity,
+    tx: AnswerTx,
+    answers: AnswerRx,
+    /// Requests handed to the dispatcher and not yet answered.
+    inflight: usize,
+    /// Requests read in this batch, handed over together.
+    jobs: Vec<Job>,
+    /// How this wake-up's requests ended; added to the shared counters once.
+    tally: Tally,
+}
+
+impl Hop for FrontConn<'_> {
+    type Event = Answer;
+
+    fn on_message(&mut self, msg: Message, cx: &mut Cx<'_>) -> Flow {
+        let deadline = cx.now() + self.settings.rpc_timeout;
+        let (s, tally) = (self.settings, &mut self.tally);
+        if let Some(f) = request(
+            msg,
+            &self.tx,
+            s,
+            deadline,
+            &mut self.jobs,
+            &mut self.inflight,
+            tally,
+        ) {
+            cx.send(f);
         }
-        let reading = closing.is_none()
-            && inflight < settings.max_inflight
-            && writer.queued_bytes() < WRITE_BUFFER_LIMIT;
-        if !reading {
-            reader.reset_frame_clock();
-        }
-        // Biased, writing last: everything ready is taken in first, so one
-        // write carries the whole batch.
-        tokio::select! {
-            biased;
-            Some(answer) = answers.recv(), if inflight > 0 => {
-                writer.push(frame_of(answer, &settings.service, &mut tally));
-                inflight -= 1;
-                while inflight > 0 {
-                    match answers.try_recv() {
-                        Ok(answer) => {
-                            writer.push(frame_of(answer, &settings.service, &mut tally));
-                            inflight -= 1;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                settings.metrics.requests.add(&mut tally);
-            }
-            frame = reader.next(), if reading => {
-                // One clock reading for the whole batch.
-                let now = Instant::now();
-                let deadline = now + settings.rpc_timeout;
-                let mut frame = frame;
-                loop {
-                    match frame {
-                        None => closing = Some(None),
-                        Some(Ok(frame)) => match Message::parse_or_peek(frame) {
-                            Ok(msg) => {
-                                if let Some(f) = request(msg, &tx, &settings, deadline, &mut jobs, &mut inflight, &mut tally) {
-                                    writer.push(f);
-                                }
-                            }
-                            Err((e, header)) => {
-                                tracing::warn!(%peer, error = %e, "bad message from proxy, closing");
-                                closing = Some(Some(protocol_error(&e.to_string(), header)));
-                            }
-                        },
-                        Some(Err(e)) => {
-                            if let FrameError::Io(io) = &e {
-                                tracing::debug!(%peer, error = %io, "frontend read failed");
-                                closing = Some(None);
-                            } else {
-                                tracing::warn!(%peer, error = %e, "bad frame from proxy, closing");
-                                let header = reader.buffered().get(4..).and_then(Header::peek);
-                                closing = Some(Some(protocol_error(&e.to_string(), header)));
-                            }
-                        }
-                    }
-                    if closing.is_some() || inflight >= settings.max_inflight {
-                        break;
-                    }
-                    match reader.next_buffered() {
-                        Some(f) => frame = Some(f),
-                        None => break,
-                    }
-                }
-                if !jobs.is_empty() {
-                    activity.touch(now);
-                    dispatcher.submit_many(&mut jobs);
-                    settings.metrics.requests.add(&mut tally);
-                }
-            }
-            _ = &mut stop, if !stop_seen && closing.is_none() => {
-                stop_seen = true;
-                closing = Some(None);
-            }
-            // Writing races reading, as in the proxy.
-            written = writer.write_some(), if !writer.is_empty() => {
-                if let Err(e) = written {
-                    tracing::debug!(%peer, error = %e, "frontend write failed");
-                    return;
-                }
-            }
-        }
+        Flow::Continue
     }
-    if let Some(Some(frame)) = closing {
-        writer.push(frame);
+
+    fn wants_frames(&self, _queued: usize) -> bool {
+        self.inflight < self.settings.max_inflight
     }
-    let _ = writer.flush().await;
+
+    fn poll_event(&mut self, c: &mut Context<'_>) -> Poll<Option<Answer>> {
+        self.answers.poll_recv(c)
+    }
+
+    fn try_event(&mut self) -> Option<Answer> {
+        self.answers.try_recv().ok()
+    }
+
+    fn wants_events(&self) -> bool {
+        self.inflight > 0
+    }
+
+    fn on_event(&mut self, answer: Answer, cx: &mut Cx<'_>) -> Flow {
+        cx.send(frame_of(answer, &self.settings.service, &mut self.tally));
+        self.inflight -= 1;
+        Flow::Continue
+    }
+
+    fn on_batch_end(&mut self, cx: &mut Cx<'_>) {
+        if !self.jobs.is_empty() {
+            self.activity.touch(cx.now());
+            self.dispatcher.submit_many(&mut self.jobs);
+        }
+        self.settings.metrics.requests.add(&mut self.tally);
+    }
+
+    fn owes(&self) -> bool {
+        self.inflight > 0
+    }
 }
 
 /// The frame an answer becomes; counts how the request ended.
@@ -200,15 +176,14 @@ fn frame_of(a: Answer, service: &str, tally: &mut Tally) -> Bytes {
             msg.into_bytes()
         }
         Answer::Error(f) => {
-            tally.count(match &f.outcome {
-                Outcome::Reply(m) if m.kind() == MessageType::Exception => Ending::Exception,
-                Outcome::Reply(_) => Ending::Ok,
-                Outcome::Expired => Ending::TimeoutInQueue,
-                Outcome::TimedOut => Ending::Timeout,
-                Outcome::Rejected(_) => Ending::RejectedQueueFull,
-                Outcome::Failed(_) => Ending::WorkerLost,
+            tally.count(match &f.failure {
+                Failure::TimeoutInQueue => Ending::TimeoutInQueue,
+                Failure::Timeout => Ending::Timeout,
+                Failure::Rejected(_) => Ending::RejectedQueueFull,
+                _ => Ending::WorkerLost,
             });
-            answer(f.outcome, service, f.method.as_bytes(), f.seqid)
+            f.failure
+                .to_exception(service, f.method.as_bytes(), f.seqid)
         }
     }
 }
@@ -258,28 +233,4 @@ fn request(
             Some(reply.freeze())
         }
     }
-}
-
-/// The frame that goes back for a request's outcome (SPEC §3 wording).
-fn answer(outcome: Outcome, service: &str, method: &[u8], seqid: i32) -> Bytes {
-    let m = String::from_utf8_lossy(method);
-    let text = match outcome {
-        Outcome::Reply(reply) => return reply.into_bytes(),
-        Outcome::Expired | Outcome::TimedOut => {
-            format!("Timeout Exception: {service}:{m} got no reply in time")
-        }
-        Outcome::Failed(cause) => format!("{service}:{m} failed: {cause}"),
-        Outcome::Rejected(cause) => format!("{service}:{m} rejected: {cause}"),
-    };
-    application_exception(method, seqid, ExceptionKind::InternalError, &text).freeze()
-}
-
-/// The reply to unreadable input: a PROTOCOL_ERROR exception, named and
-/// numbered after the offending message when its header could be read.
-fn protocol_error(text: &str, header: Option<Header>) -> Bytes {
-    let (name, seqid) = match &header {
-        Some(h) => (h.bare_name(), h.seqid),
-        None => (&b""[..], 0),
-    };
-    application_exception(name, seqid, ExceptionKind::ProtocolError, text).freeze()
 }

@@ -8,6 +8,7 @@
 //! connection never waits for an answer that cannot come.
 
 use rpc_codec::{Message, NameBuf};
+use rpc_engine::Failure;
 use tokio::sync::mpsc;
 
 use crate::dispatch::Outcome;
@@ -18,13 +19,13 @@ pub enum Answer {
     /// The worker's reply, seqid already the caller's.
     Reply(Message),
     /// Anything else: the frontend words the exception.
-    Error(Box<Failure>),
+    Error(Box<Failed>),
 }
 
+/// A request answered with an exception: why, and what names it.
 #[derive(Debug)]
-pub struct Failure {
-    /// Never [`Outcome::Reply`].
-    pub outcome: Outcome,
+pub struct Failed {
+    pub failure: Failure,
     pub seqid: i32,
     pub method: NameBuf,
 }
@@ -63,38 +64,36 @@ impl ReplyTo {
         self.tx.is_closed()
     }
 
-    /// Delivers the worker's reply with the caller's seqid put back.
-    pub fn reply(mut self, mut msg: Message) {
-        msg.set_seqid(self.seqid);
+    /// Delivers the worker's reply (its seqid already the caller's: the
+    /// worker connection's `SeqTable` restored it).
+    pub fn reply(mut self, msg: Message) {
         self.done = true;
         let _ = self.tx.send(Answer::Reply(msg));
     }
 
     /// Delivers an outcome (a reply or a failure).
     pub fn send(mut self, outcome: Outcome) {
-        if let Outcome::Reply(msg) = outcome {
-            return self.reply(msg);
+        match outcome {
+            Outcome::Reply(msg) => self.reply(msg),
+            Outcome::Failed(failure) => self.fail(failure),
         }
+    }
+
+    fn fail(&mut self, failure: Failure) {
         self.done = true;
-        let failure = Failure {
-            outcome,
+        let failed = Failed {
+            failure,
             seqid: self.seqid,
             method: std::mem::replace(&mut self.method, NameBuf::Heap(Box::default())),
         };
-        let _ = self.tx.send(Answer::Error(Box::new(failure)));
+        let _ = self.tx.send(Answer::Error(Box::new(failed)));
     }
 }
 
 impl Drop for ReplyTo {
     fn drop(&mut self) {
         if !self.done {
-            self.done = true;
-            let failure = Failure {
-                outcome: Outcome::Failed("the LB is stopping".into()),
-                seqid: self.seqid,
-                method: std::mem::replace(&mut self.method, NameBuf::Heap(Box::default())),
-            };
-            let _ = self.tx.send(Answer::Error(Box::new(failure)));
+            self.fail(Failure::Stopping("the LB"));
         }
     }
 }

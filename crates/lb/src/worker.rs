@@ -11,20 +11,21 @@
 //! back for `heartbeat_timeout` or the socket closes, and honours a
 //! worker's STOP.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rpc_codec::{heartbeat, stop_confirm, FrameCodec, Message, MessageType};
-use rpc_transport::{FrameWriter, Stream};
+use rpc_codec::{heartbeat, stop_confirm, Header, Message, MessageType};
+use rpc_engine::conn::{self, End};
+use rpc_engine::{Cx, Failure, Flow, Hop, Lost, Options, SeqTable};
+use rpc_transport::Stream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::dispatch::{Dispatcher, Job, Outcome, WorkerId};
 use crate::metrics::WorkerCounters;
 use crate::reply::ReplyTo;
-use rpc_transport::FrameReader;
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -34,29 +35,6 @@ pub struct WorkerSettings {
     /// A request arrived `rpc_timeout` before its deadline (for latency).
     pub rpc_timeout: Duration,
 }
-
-/// Hashes the seqids this task assigns itself (consecutive integers) with
-/// one multiplication: well spread, far cheaper than SipHash.
-#[derive(Default)]
-struct SeqidHasher(u64);
-
-impl Hasher for SeqidHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_i32(&mut self, v: i32) {
-        self.0 = u64::from(v as u32).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type SeqidMap<V> = HashMap<i32, V, BuildHasherDefault<SeqidHasher>>;
 
 /// A request written to the worker: its slot is taken until the worker
 /// answers (or is lost), even when the caller was already told it timed
@@ -72,13 +50,6 @@ impl Pending {
     }
 }
 
-/// Why a worker connection ended.
-enum End {
-    /// The LB is stopping.
-    Closed,
-    Lost(String),
-}
-
 pub async fn serve(
     stream: Stream,
     dispatcher: Arc<Dispatcher>,
@@ -86,50 +57,64 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let peer = stream.peer();
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     let counters = Arc::new(WorkerCounters::new(peer.to_string()));
     let id = dispatcher.add_worker(tx, counters.clone());
     tracing::info!(worker = id, %peer, "worker connected");
-    let mut pending = SeqidMap::default();
-    let end = run(
-        stream,
+    let now = Instant::now();
+    let mut hop = WorkerConn {
         id,
-        &dispatcher,
-        &settings,
-        &mut rx,
-        &mut pending,
-        &mut shutdown,
-        &counters,
-    )
-    .await;
+        dispatcher: &dispatcher,
+        s: &settings,
+        counters: &counters,
+        rx,
+        pending: SeqTable::new(),
+        deadlines: Deadlines::default(),
+        last_heard: now,
+        last_ping: None,
+        next_tick: now + settings.heartbeat_interval,
+        stopping: false,
+        freed: 0,
+        answered: 0,
+    };
+    // Replies are read whatever is queued for the worker.
+    let opts = Options {
+        write_buffer_limit: usize::MAX,
+        ..Options::new(settings.max_frame)
+    };
+    let stop = async move {
+        crate::until(&mut shutdown, |s| *s).await;
+    };
+    let end = conn::run(&mut hop, stream, stop, &opts).await;
     dispatcher.remove_worker(id);
     // Nothing more can arrive once removed: what is left was never written.
-    rx.close();
-    let mut unsent = Vec::new();
-    while let Ok(job) = rx.try_recv() {
-        unsent.push(job);
-    }
+    hop.rx.close();
+    let unsent = std::iter::from_fn(|| hop.rx.try_recv().ok()).collect();
     dispatcher.requeue(id, unsent);
-    let cause = match end {
-        End::Closed => "the LB is stopping".to_string(),
+    let failure = match end {
+        End::Closed => Failure::Stopping("the LB"),
         End::Lost(cause) => {
             tracing::warn!(worker = id, %peer, %cause, "worker lost");
-            cause
+            Failure::Lost {
+                peer: peer.as_str().into(),
+                cause,
+            }
         }
     };
-    for (_, p) in pending.drain() {
+    for p in hop.pending.drain() {
         if let Some(reply) = p.reply {
-            reply.send(Outcome::Failed(format!("worker {peer}: {cause}")));
+            reply.send(Outcome::Failed(failure.clone()));
         }
     }
     tracing::info!(worker = id, %peer, "worker disconnected");
 }
 
 /// Deadlines of the requests in flight, in the order they were written
-/// (which is deadline order but for requeued jobs, a few ms apart). One
-/// timer per connection is armed for the oldest; answered entries leave
-/// the front as replies come, and the queue is compacted when a stuck
-/// request at its head holds many answered ones behind it.
+/// (which is deadline order but for requeued jobs, a few ms apart). The
+/// connection's timer is armed for the oldest; answered entries leave the
+/// front as replies come, and the queue is compacted when a stuck request
+/// at its head holds many answered ones behind it.
+#[derive(Default)]
 struct Deadlines {
     queue: VecDeque<(i32, Instant)>,
 }
@@ -137,195 +122,214 @@ struct Deadlines {
 impl Deadlines {
     /// Drops answered entries from the front (and everywhere, when they
     /// pile up behind a long-running request).
-    fn trim(&mut self, pending: &SeqidMap<Pending>) {
+    fn trim(&mut self, pending: &SeqTable<Pending>) {
         while let Some(&(seqid, _)) = self.queue.front() {
-            if pending.get(&seqid).is_some_and(Pending::waiting) {
+            if pending.get(seqid).is_some_and(Pending::waiting) {
                 break;
             }
             self.queue.pop_front();
         }
         if self.queue.len() > 2 * pending.len() + 64 {
             self.queue
-                .retain(|(seqid, _)| pending.get(seqid).is_some_and(Pending::waiting));
+                .retain(|(seqid, _)| pending.get(*seqid).is_some_and(Pending::waiting));
+        }
+    }
+
+    /// Tells the callers of requests past their deadline that they timed
+    /// out; their slots stay taken until the worker answers.
+    fn expire(&mut self, pending: &mut SeqTable<Pending>, now: Instant) {
+        while let Some(&(seqid, at)) = self.queue.front() {
+            if let Some(p) = pending.get_mut(seqid) {
+                if p.waiting() && at > now {
+                    break;
+                }
+                if let Some(reply) = p.reply.take() {
+                    reply.send(Outcome::Failed(Failure::Timeout));
+                }
+            }
+            self.queue.pop_front();
         }
     }
 }
 
-// Each argument is a piece of the connection that `serve` sets up and
-// cleans up after; bundling them would only rename them.
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    stream: Stream,
+/// One worker connection as a hop of the engine: jobs from the
+/// dispatcher are its events, the worker's replies its messages; its
+/// timer serves the oldest deadline in flight and the heartbeat.
+struct WorkerConn<'a> {
     id: WorkerId,
-    dispatcher: &Dispatcher,
-    s: &WorkerSettings,
-    rx: &mut mpsc::UnboundedReceiver<Job>,
-    pending: &mut SeqidMap<Pending>,
-    shutdown: &mut watch::Receiver<bool>,
-    counters: &WorkerCounters,
-) -> End {
-    let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, FrameCodec::new(s.max_frame));
-    let mut writer = FrameWriter::new(w);
-    let mut next_seqid: i32 = 0;
-    let mut last_heard = Instant::now();
-    // When the last heartbeat went out, to count intervals without an echo.
-    let mut last_ping: Option<Instant> = None;
-    let mut ticker =
-        tokio::time::interval_at(Instant::now() + s.heartbeat_interval, s.heartbeat_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stopping = false;
-    let mut deadlines = Deadlines {
-        queue: VecDeque::new(),
-    };
-    // Armed (`armed`) for the oldest deadline in flight.
-    let expiry = tokio::time::sleep_until(Instant::now());
-    tokio::pin!(expiry);
-    let mut armed = false;
-    let stop = crate::until(shutdown, |s| *s);
-    tokio::pin!(stop);
+    dispatcher: &'a Dispatcher,
+    s: &'a WorkerSettings,
+    counters: &'a WorkerCounters,
+    rx: mpsc::UnboundedReceiver<Job>,
+    /// Where the caller's seqid is swapped for this connection's, and back.
+    pending: SeqTable<Pending>,
+    deadlines: Deadlines,
+    last_heard: Instant,
+    /// When the last heartbeat went out, to count intervals without an echo.
+    last_ping: Option<Instant>,
+    next_tick: Instant,
+    stopping: bool,
+    /// Slots freed in this batch without a reply to wait for: oneways once
+    /// written, jobs whose caller gave up before they left.
+    freed: usize,
+    /// Slots freed in this batch by replies.
+    answered: usize,
+}
 
-    loop {
-        if !armed {
-            if let Some(&(_, at)) = deadlines.queue.front() {
-                expiry.as_mut().reset(at);
-                armed = true;
+impl WorkerConn<'_> {
+    /// The worker sent STOP: no new jobs; those handed over before it was
+    /// seen go elsewhere.
+    fn stop(&mut self, cx: &mut Cx<'_>) {
+        self.stopping = true;
+        self.dispatcher.stop_worker(self.id);
+        let unsent: Vec<Job> = std::iter::from_fn(|| self.rx.try_recv().ok()).collect();
+        tracing::info!(
+            worker = self.id,
+            inflight = self.pending.len(),
+            requeued = unsent.len(),
+            "worker stopping"
+        );
+        self.dispatcher.requeue(self.id, unsent);
+        cx.send(stop_confirm().freeze());
+    }
+
+    fn heartbeat(&mut self, now: Instant, cx: &mut Cx<'_>) -> Flow {
+        self.next_tick = now + self.s.heartbeat_interval;
+        let silent = now.saturating_duration_since(self.last_heard);
+        if silent > self.s.heartbeat_timeout {
+            return Flow::End(Lost::Silent(silent));
+        }
+        if self.last_ping.is_some_and(|p| self.last_heard < p) {
+            self.counters.heartbeats_missed.add(1);
+        }
+        self.last_ping = Some(now);
+        cx.send(heartbeat(0).freeze());
+        self.counters.heartbeats_sent.add(1);
+        Flow::Continue
+    }
+}
+
+impl Hop for WorkerConn<'_> {
+    type Event = Job;
+
+    fn poll_event(&mut self, c: &mut Context<'_>) -> Poll<Option<Job>> {
+        self.rx.poll_recv(c)
+    }
+
+    fn try_event(&mut self) -> Option<Job> {
+        self.rx.try_recv().ok()
+    }
+
+    fn wants_events(&self) -> bool {
+        !self.stopping
+    }
+
+    fn on_event(&mut self, job: Job, cx: &mut Cx<'_>) -> Flow {
+        let Job {
+            mut msg,
+            reply,
+            deadline,
+        } = job;
+        match reply {
+            Some(reply) if reply.is_closed() || cx.now() >= deadline => {
+                reply.send(Outcome::Failed(Failure::TimeoutInQueue));
+                self.freed += 1;
+            }
+            Some(reply) => {
+                let reply = Some(reply);
+                let seqid = self.pending.assign(&mut msg, Pending { reply, deadline });
+                self.deadlines.queue.push_back((seqid, deadline));
+                cx.send(msg.into_bytes());
+            }
+            None => {
+                cx.send(msg.into_bytes());
+                self.freed += 1;
             }
         }
-        // Biased, writing last: everything ready is taken in first, so one
-        // write carries the whole batch.
-        tokio::select! {
-            biased;
-            frame = reader.next() => {
-                let mut frame = frame;
-                // One clock reading for the batch.
-                let now = Instant::now();
-                // Slots freed by this batch of replies.
-                let mut done = 0;
-                loop {
-                    let msg = match frame {
-                        Some(Ok(f)) => match Message::parse(f) {
-                            Ok(m) => m,
-                            Err(e) => return End::Lost(format!("bad message: {e}")),
-                        },
-                        Some(Err(e)) => return End::Lost(format!("bad frame: {e}")),
-                        None => return End::Lost("connection closed".into()),
-                    };
-                    match msg.kind() {
-                        MessageType::Heartbeat => {}
-                        MessageType::Reply | MessageType::Exception => {
-                            match pending.remove(&msg.seqid()) {
-                                Some(p) => {
-                                    // Already told it timed out: dropped.
-                                    if let Some(reply) = p.reply {
-                                        let arrived = p.deadline.checked_sub(s.rpc_timeout).unwrap_or(now);
-                                        let us = now.saturating_duration_since(arrived).as_micros();
-                                        counters.observe_latency(us as u64);
-                                        reply.reply(msg);
-                                    }
-                                    done += 1;
-                                }
-                                None => tracing::debug!(worker = id, seqid = msg.seqid(), "reply to unknown seqid dropped"),
-                            }
-                        }
-                        MessageType::Stop if !stopping => {
-                            stopping = true;
-                            dispatcher.stop_worker(id);
-                            // Jobs handed over before the STOP was seen go elsewhere.
-                            let mut unsent = Vec::new();
-                            while let Ok(job) = rx.try_recv() {
-                                unsent.push(job);
-                            }
-                            tracing::info!(worker = id, inflight = pending.len(), requeued = unsent.len(), "worker stopping");
-                            dispatcher.requeue(id, unsent);
-                            writer.push(stop_confirm().freeze());
-                        }
-                        other => tracing::debug!(worker = id, ?other, "unexpected message from worker ignored"),
+        Flow::Continue
+    }
+
+    fn on_events_closed(&mut self, _cx: &mut Cx<'_>) -> Flow {
+        Flow::Finish
+    }
+
+    fn on_message(&mut self, mut msg: Message, cx: &mut Cx<'_>) -> Flow {
+        let now = cx.now();
+        self.last_heard = now;
+        match msg.kind() {
+            MessageType::Heartbeat => {}
+            MessageType::Reply | MessageType::Exception => match self.pending.restore(&mut msg) {
+                Some(p) => {
+                    // Already told it timed out: dropped.
+                    if let Some(reply) = p.reply {
+                        let arrived = p.deadline.checked_sub(self.s.rpc_timeout).unwrap_or(now);
+                        let us = now.saturating_duration_since(arrived).as_micros();
+                        self.counters.observe_latency(us as u64);
+                        reply.reply(msg);
                     }
-                    match reader.next_buffered() {
-                        Some(f) => frame = Some(f),
-                        None => break,
-                    }
+                    self.answered += 1;
                 }
-                last_heard = now;
-                if done > 0 {
-                    counters.served.add(done as u64);
-                    dispatcher.release(id, done);
-                    deadlines.trim(pending);
+                None => {
+                    tracing::debug!(
+                        worker = self.id,
+                        seqid = msg.seqid(),
+                        "reply to unknown seqid dropped"
+                    )
                 }
-            }
-            job = rx.recv(), if !stopping => {
-                let Some(job) = job else { return End::Closed };
-                let mut job = Some(job);
-                // Done without a reply to wait for: oneways once written,
-                // jobs whose caller gave up before they left.
-                let mut released = 0;
-                let now = Instant::now();
-                while let Some(Job { mut msg, reply, deadline }) = job.take() {
-                    match reply {
-                        Some(reply) if reply.is_closed() || now >= deadline => {
-                            reply.send(Outcome::Expired);
-                            released += 1;
-                        }
-                        Some(reply) => {
-                            loop {
-                                next_seqid = next_seqid.wrapping_add(1);
-                                if !pending.contains_key(&next_seqid) {
-                                    break;
-                                }
-                            }
-                            msg.set_seqid(next_seqid);
-                            pending.insert(next_seqid, Pending { reply: Some(reply), deadline });
-                            deadlines.queue.push_back((next_seqid, deadline));
-                            writer.push(msg.into_bytes());
-                        }
-                        None => {
-                            writer.push(msg.into_bytes());
-                            released += 1;
-                        }
-                    }
-                    // Everything already handed over goes out in one write.
-                    job = rx.try_recv().ok();
-                }
-                if released > 0 {
-                    dispatcher.release(id, released);
-                }
-            }
-            () = &mut expiry, if armed => {
-                armed = false;
-                let now = Instant::now();
-                while let Some(&(seqid, at)) = deadlines.queue.front() {
-                    if let Some(p) = pending.get_mut(&seqid) {
-                        if p.waiting() && at > now {
-                            break;
-                        }
-                        // The slot stays taken until the worker answers.
-                        if let Some(reply) = p.reply.take() {
-                            reply.send(Outcome::TimedOut);
-                        }
-                    }
-                    deadlines.queue.pop_front();
-                }
-            }
-            _ = ticker.tick() => {
-                if last_heard.elapsed() > s.heartbeat_timeout {
-                    return End::Lost(format!("no heartbeat echo for {:?}", last_heard.elapsed()));
-                }
-                if last_ping.is_some_and(|p| last_heard < p) {
-                    counters.heartbeats_missed.add(1);
-                }
-                last_ping = Some(Instant::now());
-                writer.push(heartbeat(0).freeze());
-                counters.heartbeats_sent.add(1);
-            }
-            _ = &mut stop => return End::Closed,
-            // Writing races reading: replies keep being read while the
-            // worker is slow to take requests (no deadlock on full buffers).
-            written = writer.write_some(), if !writer.is_empty() => {
-                if let Err(e) = written {
-                    return End::Lost(format!("write failed: {e}"));
-                }
+            },
+            MessageType::Stop if !self.stopping => self.stop(cx),
+            other => {
+                tracing::debug!(
+                    worker = self.id,
+                    ?other,
+                    "unexpected message from worker ignored"
+                )
             }
         }
+        Flow::Continue
+    }
+
+    fn on_batch_end(&mut self, _cx: &mut Cx<'_>) {
+        if self.answered > 0 {
+            self.counters.served.add(self.answered as u64);
+            self.deadlines.trim(&self.pending);
+        }
+        let freed = std::mem::take(&mut self.answered) + std::mem::take(&mut self.freed);
+        if freed > 0 {
+            self.dispatcher.release(self.id, freed);
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self.deadlines.queue.front() {
+            Some(&(_, at)) => Some(at.min(self.next_tick)),
+            None => Some(self.next_tick),
+        }
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<'_>) -> Flow {
+        let now = cx.now();
+        self.deadlines.expire(&mut self.pending, now);
+        if self.next_tick <= now {
+            return self.heartbeat(now, cx);
+        }
+        Flow::Continue
+    }
+
+    /// The LB is stopping: requests still in flight fail.
+    fn on_shutdown(&mut self, _cx: &mut Cx<'_>) -> Flow {
+        Flow::Finish
+    }
+
+    fn on_eof(&mut self, _cx: &mut Cx<'_>) -> Flow {
+        Flow::End(Lost::Closed)
+    }
+
+    fn on_read_error(&mut self, e: &std::io::Error, _cx: &mut Cx<'_>) -> Flow {
+        Flow::End(Lost::io(e))
+    }
+
+    fn on_bad_input(&mut self, error: &str, _: Option<Header>, _cx: &mut Cx<'_>) -> Flow {
+        Flow::End(Lost::bad_input(error))
     }
 }
