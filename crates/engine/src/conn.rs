@@ -166,22 +166,45 @@ pub trait Hop {
         false
     }
 
+    /// Whether the connection is lost when the peer closes it or reading
+    /// fails (a hop that needs the peer: a backend, a worker's LB), rather
+    /// than closed in order once what is owed is written (a hop whose
+    /// peer may simply be done: a client).
+    const NEEDS_PEER: bool = false;
+
+    /// Whether bad input from the peer gets a `PROTOCOL_ERROR` exception
+    /// before the connection closes (a hop that serves the peer's
+    /// requests), rather than losing the connection (a hop whose peer
+    /// answers it).
+    const ANSWERS_PEER: bool = true;
+
     /// The peer closed its side.
     fn on_eof(&mut self, _cx: &mut Cx<'_>) -> Flow {
-        Flow::Close
+        if Self::NEEDS_PEER {
+            Flow::End(Lost::Closed)
+        } else {
+            Flow::Close
+        }
     }
 
     /// Reading failed.
     fn on_read_error(&mut self, e: &io::Error, cx: &mut Cx<'_>) -> Flow {
         tracing::debug!(peer = %cx.peer, error = %e, "read failed");
-        Flow::Close
+        if Self::NEEDS_PEER {
+            Flow::End(Lost::io(e))
+        } else {
+            Flow::Close
+        }
     }
 
-    /// Bytes that are not a valid frame or message. A hop that serves its
-    /// peer answers with a protocol error; one that calls it gives up.
+    /// Bytes that are not a valid frame or message.
     fn on_bad_input(&mut self, error: &str, header: Option<Header>, cx: &mut Cx<'_>) -> Flow {
         tracing::warn!(peer = %cx.peer, error, "bad input, closing");
-        Flow::CloseWith(protocol_error(error, header))
+        if Self::ANSWERS_PEER {
+            Flow::CloseWith(protocol_error(error, header))
+        } else {
+            Flow::End(Lost::bad_input(error))
+        }
     }
 }
 
@@ -256,20 +279,8 @@ pub async fn run<H: Hop>(
                 }
             },
         };
-        match flow {
-            Flow::Continue => {}
-            Flow::Close => {
-                if matches!(phase, Phase::Open) {
-                    phase = Phase::Closing(None);
-                }
-            }
-            Flow::CloseWith(last) => {
-                if matches!(phase, Phase::Open | Phase::Closing(None)) {
-                    phase = Phase::Closing(Some(last));
-                }
-            }
-            Flow::Finish => break End::Closed,
-            Flow::End(lost) => break End::Lost(lost),
+        if let Some(end) = phase.apply(flow) {
+            break end;
         }
     };
     if end == End::Closed {
@@ -282,6 +293,28 @@ pub async fn run<H: Hop>(
         }
     }
     end
+}
+
+impl Phase {
+    /// Moves on as `flow` says; `Some` when the connection ends now.
+    fn apply(&mut self, flow: Flow) -> Option<End> {
+        match flow {
+            Flow::Continue => {}
+            Flow::Close => {
+                if matches!(self, Phase::Open) {
+                    *self = Phase::Closing(None);
+                }
+            }
+            Flow::CloseWith(last) => {
+                if matches!(self, Phase::Open | Phase::Closing(None)) {
+                    *self = Phase::Closing(Some(last));
+                }
+            }
+            Flow::Finish => return Some(End::Closed),
+            Flow::End(lost) => return Some(End::Lost(lost)),
+        }
+        None
+    }
 }
 
 fn cx<'a>(writer: &'a mut FrameWriter<WriteHalf>, peer: &'a str) -> Cx<'a> {

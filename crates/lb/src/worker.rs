@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rpc_codec::{heartbeat, stop_confirm, Header, Message, MessageType};
+use rpc_codec::{heartbeat, stop_confirm, Message, MessageType};
 use rpc_engine::conn::{self, End};
 use rpc_engine::{Cx, Failure, Flow, Hop, Lost, Options, SeqTable};
 use rpc_transport::Stream;
@@ -211,6 +211,8 @@ impl WorkerConn<'_> {
 
 impl Hop for WorkerConn<'_> {
     type Event = Job;
+    const NEEDS_PEER: bool = true;
+    const ANSWERS_PEER: bool = false;
 
     fn poll_event(&mut self, c: &mut Context<'_>) -> Poll<Option<Job>> {
         self.rx.poll_recv(c)
@@ -319,17 +321,5 @@ impl Hop for WorkerConn<'_> {
     /// The LB is stopping: requests still in flight fail.
     fn on_shutdown(&mut self, _cx: &mut Cx<'_>) -> Flow {
         Flow::Finish
-    }
-
-    fn on_eof(&mut self, _cx: &mut Cx<'_>) -> Flow {
-        Flow::End(Lost::Closed)
-    }
-
-    fn on_read_error(&mut self, e: &std::io::Error, _cx: &mut Cx<'_>) -> Flow {
-        Flow::End(Lost::io(e))
-    }
-
-    fn on_bad_input(&mut self, error: &str, _: Option<Header>, _cx: &mut Cx<'_>) -> Flow {
-        Flow::End(Lost::bad_input(error))
     }
 }

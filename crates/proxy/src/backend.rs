@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use std::task::{Context, Poll};
 
-use rpc_codec::{heartbeat, Header, Message, MessageType};
+use rpc_codec::{heartbeat, Message, MessageType};
 use rpc_engine::conn::{self, End};
 use rpc_engine::{Cx, Failure, Flow, Hop, Lost, Options, SeqTable};
 use rpc_transport::{Address, Stream};
@@ -352,6 +352,8 @@ impl<'a> BackendConn<'a> {
 
 impl Hop for BackendConn<'_> {
     type Event = Job;
+    const NEEDS_PEER: bool = true;
+    const ANSWERS_PEER: bool = false;
 
     fn poll_event(&mut self, c: &mut Context<'_>) -> Poll<Option<Job>> {
         self.rx.poll_recv(c)
@@ -439,17 +441,5 @@ impl Hop for BackendConn<'_> {
 
     fn on_events_closed(&mut self, _cx: &mut Cx<'_>) -> Flow {
         Flow::Finish
-    }
-
-    fn on_eof(&mut self, _cx: &mut Cx<'_>) -> Flow {
-        Flow::End(Lost::Closed)
-    }
-
-    fn on_read_error(&mut self, e: &std::io::Error, _cx: &mut Cx<'_>) -> Flow {
-        Flow::End(Lost::io(e))
-    }
-
-    fn on_bad_input(&mut self, error: &str, _: Option<Header>, _cx: &mut Cx<'_>) -> Flow {
-        Flow::End(Lost::bad_input(error))
     }
 }

@@ -282,6 +282,7 @@ impl WorkerConn<'_> {
 
 impl Hop for WorkerConn<'_> {
     type Event = Done<u64>;
+    const NEEDS_PEER: bool = true;
 
     fn on_message(&mut self, msg: Message, cx: &mut Cx<'_>) -> Flow {
         self.last_frame = cx.now();
@@ -362,14 +363,6 @@ impl Hop for WorkerConn<'_> {
 
     fn owes(&self) -> bool {
         self.pool.running > 0 || !self.queue.is_empty()
-    }
-
-    fn on_eof(&mut self, _cx: &mut Cx<'_>) -> Flow {
-        Flow::End(Lost::Closed)
-    }
-
-    fn on_read_error(&mut self, e: &std::io::Error, _cx: &mut Cx<'_>) -> Flow {
-        Flow::End(Lost::io(e))
     }
 }
 
