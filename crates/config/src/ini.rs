@@ -80,7 +80,7 @@ impl FromStr for RegistrySpec {
 pub enum Balance {
     /// Power of two random choices, the cheaper by latency estimate ×
     /// (outstanding requests + 1).
-    LeastOutstanding,
+    P2c,
     RoundRobin,
 }
 
@@ -88,7 +88,7 @@ impl FromStr for Balance {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "p2c" | "least_outstanding" | "least-outstanding" => Ok(Self::LeastOutstanding),
+            "p2c" | "least_outstanding" | "least-outstanding" => Ok(Self::P2c),
             "round_robin" | "round-robin" | "rr" => Ok(Self::RoundRobin),
             _ => Err("expected p2c or round_robin".into()),
         }
@@ -200,7 +200,7 @@ impl Default for Config {
             max_connections: 20_000,
             max_inflight: 1024,
             backend_max_inflight: 4096,
-            balance: Balance::LeastOutstanding,
+            balance: Balance::P2c,
             balance_decay: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(6),

@@ -14,8 +14,10 @@
 //! - [`drain`]: the shutdown signal servers give their connections, and
 //!   the wait for them to finish.
 
+pub mod balance;
 pub mod conn;
 pub mod drain;
+pub mod ewma;
 pub mod lost;
 pub mod seq;
 

@@ -21,6 +21,7 @@ use rpc_config::Dispatch;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
+use rpc_engine::balance::{Balancer, Load, Strategy};
 use rpc_engine::Failure;
 
 use crate::metrics::{WorkerCounters, WorkerTotals};
@@ -65,23 +66,36 @@ impl Job {
 /// Identifies a worker connection for its lifetime.
 pub type WorkerId = u64;
 
-struct Slot {
+struct WorkerSlot {
     id: WorkerId,
     tx: mpsc::UnboundedSender<Job>,
     /// Jobs handed over and not yet answered (or, for oneway, written).
     inflight: usize,
+    /// Most jobs in flight at once.
+    capacity: usize,
     /// Cleared when the worker announced STOP.
     accepting: bool,
     /// Written by the worker's task, read when scraped.
     counters: Arc<WorkerCounters>,
 }
 
+impl Load for WorkerSlot {
+    fn ready(&self) -> bool {
+        self.accepting && self.inflight < self.capacity
+    }
+
+    fn cheaper_than(&self, other: &Self) -> bool {
+        self.inflight < other.inflight
+    }
+
+    fn idle(&self) -> bool {
+        self.inflight == 0
+    }
+}
+
 struct Core {
-    workers: Vec<Slot>,
+    workers: Vec<WorkerSlot>,
     queue: VecDeque<Job>,
-    /// Rotation point: round-robin position, and the tie-breaker that
-    /// spreads equal loads across workers in least-loaded mode.
-    next: usize,
     next_id: WorkerId,
     /// Counters of the workers gone.
     retired: WorkerTotals,
@@ -125,7 +139,10 @@ pub struct Snapshot {
 
 pub struct Dispatcher {
     core: Mutex<Core>,
-    mode: Dispatch,
+    /// Least-loaded or round-robin over the workers with a free slot; its
+    /// cursor (the tie-breaker that spreads equal loads) survives workers
+    /// coming and going.
+    balancer: Balancer,
     /// Most requests in flight per worker.
     per_worker: usize,
     queue_size: usize,
@@ -150,11 +167,13 @@ impl Dispatcher {
             core: Mutex::new(Core {
                 workers: Vec::new(),
                 queue: VecDeque::new(),
-                next: 0,
                 next_id: 1,
                 retired: WorkerTotals::default(),
             }),
-            mode,
+            balancer: Balancer::new(match mode {
+                Dispatch::LeastLoaded => Strategy::LeastLoaded,
+                Dispatch::RoundRobin => Strategy::RoundRobin,
+            }),
             per_worker,
             queue_size,
             queue_wake: Notify::new(),
@@ -258,42 +277,8 @@ impl Dispatcher {
     }
 
     /// Index of the worker the next request should go to, if any can take it.
-    fn pick(&self, core: &mut Core) -> Option<usize> {
-        let n = core.workers.len();
-        if n == 0 {
-            return None;
-        }
-        let start = core.next % n;
-        let mut best: Option<usize> = None;
-        for k in 0..n {
-            let i = (start + k) % n;
-            let w = &core.workers[i];
-            if !w.accepting || w.inflight >= self.per_worker {
-                continue;
-            }
-            match self.mode {
-                Dispatch::RoundRobin => {
-                    best = Some(i);
-                    break;
-                }
-                Dispatch::LeastLoaded => {
-                    let better = match best {
-                        None => true,
-                        Some(b) => w.inflight < core.workers[b].inflight,
-                    };
-                    if better {
-                        best = Some(i);
-                        if w.inflight == 0 {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(i) = best {
-            core.next = i + 1;
-        }
-        best
+    fn pick(&self, core: &Core) -> Option<usize> {
+        self.balancer.pick(&core.workers)
     }
 
     fn hand_over(&self, core: &mut Core, i: usize, job: Job) {
@@ -346,10 +331,11 @@ impl Dispatcher {
             let mut core = self.lock();
             let id = core.next_id;
             core.next_id += 1;
-            core.workers.push(Slot {
+            core.workers.push(WorkerSlot {
                 id,
                 tx,
                 inflight: 0,
+                capacity: self.per_worker,
                 accepting: true,
                 counters,
             });

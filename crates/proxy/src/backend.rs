@@ -21,7 +21,8 @@ use rpc_transport::{Address, Stream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
 
-use crate::ewma::{nanos, PeakEwma};
+use rpc_engine::balance::Load;
+use rpc_engine::ewma::{nanos, PeakEwma};
 
 /// What becomes of a request handed to a backend connection.
 #[derive(Debug)]
@@ -143,13 +144,6 @@ impl Backend {
         (self.latency.estimate(nanos(Instant::now())) / 1000.0) as u64
     }
 
-    /// Whether this backend is cheaper than `other` right now: latency
-    /// estimate × (outstanding + 1), compared without a clock read.
-    pub fn cheaper_than(&self, other: &Backend) -> bool {
-        self.latency
-            .cheaper(self.outstanding(), &other.latency, other.outstanding())
-    }
-
     /// Hands a job over; gives it back if the connection cannot take it.
     pub fn try_send(&self, job: Job) -> Result<(), Job> {
         if !self.is_up() {
@@ -175,6 +169,19 @@ impl Backend {
 
     fn done(&self) {
         self.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the balancer weighs: up or not, and latency estimate ×
+/// (outstanding + 1), compared without a clock read.
+impl Load for Backend {
+    fn ready(&self) -> bool {
+        self.is_up()
+    }
+
+    fn cheaper_than(&self, other: &Self) -> bool {
+        self.latency
+            .cheaper(self.outstanding(), &other.latency, other.outstanding())
     }
 }
 

@@ -2,7 +2,7 @@
 //! `EXCEPTION` replies of SPEC §3 are `rpc_engine::Failure`'s).
 //!
 //! Dispatch is synchronous: the client connection's task picks a backend
-//! (`balance.rs`) and puts the job on its channel; the outcome comes back on
+//! (`rpc_engine::balance`) and puts the job on its channel; the outcome comes back on
 //! the client connection's reply channel (`client.rs` keeps the slots).
 
 use rpc_codec::Message;
@@ -35,10 +35,10 @@ pub fn dispatch(routes: &Routes, service: &str, mut job: Job, first: bool) -> Re
         pool.requests.inc();
     }
     for _ in 0..pool.backends.len().max(1) {
-        let Some(backend) = pool.balancer.pick(&pool.backends) else {
+        let Some(i) = pool.balancer.pick(&pool.backends) else {
             break;
         };
-        match backend.try_send(job) {
+        match pool.backends[i].try_send(job) {
             Ok(()) => return Ok(()),
             Err(back) => job = back,
         }
@@ -62,10 +62,10 @@ pub fn oneway(routes: &Routes, mut msg: Message) {
     msg.strip_service();
     let mut job = Job { msg, reply: None };
     for _ in 0..MAX_REROUTES {
-        let Some(backend) = pool.balancer.pick(&pool.backends) else {
+        let Some(i) = pool.balancer.pick(&pool.backends) else {
             break;
         };
-        match backend.try_send(job) {
+        match pool.backends[i].try_send(job) {
             Ok(()) => return,
             Err(back) => job = back,
         }

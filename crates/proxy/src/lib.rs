@@ -4,15 +4,14 @@
 //! - [`server`]: accept loop, connection limit, graceful stop;
 //! - [`client`]: one client connection, in-order replies, backpressure;
 //! - [`forward`]: one request: route, deadline, seqid restore, errors;
-//! - [`balance`]: choose a backend connection ([`ewma`]: latency estimate);
+//! - `rpc_engine::balance`: choose a backend connection (`rpc_engine::ewma`:
+//!   latency estimate);
 //! - [`backend`]: one endpoint connection: seqid rewrite, pipelining,
 //!   heartbeats, reconnects, draining;
 //! - [`routes`]: registry snapshots → routing table.
 
 pub mod backend;
-pub mod balance;
 pub mod client;
-pub mod ewma;
 pub mod forward;
 pub mod metrics;
 pub mod routes;

@@ -12,12 +12,13 @@ use rpc_transport::Address;
 use tokio::sync::watch;
 
 use crate::backend::{Backend, BackendSettings};
-use crate::balance::Balancer;
+use rpc_engine::balance::{Balancer, Strategy};
 
 /// Endpoints of one service, and how to choose among them.
 pub struct ServicePool {
     pub backends: Vec<Arc<Backend>>,
-    pub balancer: Balancer,
+    /// Kept across table rebuilds (its round-robin cursor with it).
+    pub balancer: Arc<Balancer>,
     /// Calls received for the service (kept across table rebuilds).
     pub requests: prometheus_client::metrics::counter::Counter,
 }
@@ -33,6 +34,7 @@ pub struct RouteManager {
     settings: BackendSettings,
     balance: rpc_config::Balance,
     live: HashMap<(String, String), Arc<Backend>>,
+    balancers: HashMap<String, Arc<Balancer>>,
     publish: watch::Sender<Arc<Routes>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -51,6 +53,7 @@ impl RouteManager {
                 settings,
                 balance,
                 live: HashMap::new(),
+                balancers: HashMap::new(),
                 publish,
                 metrics,
             },
@@ -100,13 +103,24 @@ impl RouteManager {
                     .clone();
                 backends.push(backend);
             }
+            let strategy = match self.balance {
+                rpc_config::Balance::P2c => Strategy::P2c,
+                rpc_config::Balance::RoundRobin => Strategy::RoundRobin,
+            };
+            let balancer = self
+                .balancers
+                .entry(service.clone())
+                .or_insert_with(|| Arc::new(Balancer::new(strategy)))
+                .clone();
             let pool = ServicePool {
                 backends,
-                balancer: Balancer::new(self.balance),
+                balancer,
                 requests: self.metrics.service_requests(service),
             };
             services.insert(service.clone(), Arc::new(pool));
         }
+        self.balancers
+            .retain(|service, _| map.contains_key(service));
         self.live.retain(|key, backend| {
             let keep = wanted.contains(key);
             if !keep {
