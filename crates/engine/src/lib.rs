@@ -12,7 +12,10 @@
 //! - [`lost`]: why a connection or a request failed, typed: one wording
 //!   for the SPEC §3 exceptions, one label for metrics.
 //! - [`drain`]: the shutdown signal servers give their connections, and
-//!   the wait for them to finish.
+//!   the wait for them to finish; [`serve::accept`], the accept loop that
+//!   hands each connection its drain watch under a connection limit.
+//! - [`balance`]: choosing a peer (P2C, least-loaded, round-robin) over a
+//!   small load trait; [`ewma`]: the peak-EWMA latency estimate.
 
 pub mod balance;
 pub mod conn;
@@ -20,6 +23,7 @@ pub mod drain;
 pub mod ewma;
 pub mod lost;
 pub mod seq;
+pub mod serve;
 
 pub use conn::{Cx, Flow, Hop, Options};
 pub use lost::{Failure, Lost};

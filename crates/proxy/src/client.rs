@@ -19,8 +19,8 @@ use bytes::Bytes;
 use rpc_codec::{
     application_exception, heartbeat_reply, ExceptionKind, Header, Message, MessageType, NameBuf,
 };
-use rpc_engine::conn;
 use rpc_engine::lost::protocol_error;
+use rpc_engine::{conn, drain};
 use rpc_engine::{Cx, Failure, Flow, Hop, Options};
 use rpc_transport::Stream;
 use tokio::sync::{mpsc, watch};
@@ -46,7 +46,7 @@ pub async fn serve(
     stream: Stream,
     routes: watch::Receiver<Arc<Routes>>,
     settings: Arc<ClientSettings>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: drain::Watch,
 ) {
     let opts = Options::new(settings.max_frame).frame_timeout(settings.frame_timeout);
     let mut hop = ClientConn {
@@ -54,9 +54,7 @@ pub async fn serve(
         settings,
         retry_at: None,
     };
-    let stop = async move {
-        let _ = shutdown.wait_for(|s| *s).await;
-    };
+    let stop = async move { shutdown.signaled().await };
     conn::run(&mut hop, stream, stop, &opts).await;
 }
 

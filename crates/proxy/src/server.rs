@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rpc_config::Config;
+use rpc_engine::{drain, serve};
 use rpc_registry::Registry;
 use rpc_transport::{Address, Listener};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::backend::BackendSettings;
@@ -19,7 +20,7 @@ use crate::routes::RouteManager;
 pub struct ProxyHandle {
     addresses: Vec<Address>,
     metrics_address: Option<std::net::SocketAddr>,
-    shutdown: watch::Sender<bool>,
+    drain: Arc<drain::Signal>,
     task: JoinHandle<()>,
 }
 
@@ -37,7 +38,7 @@ impl ProxyHandle {
     /// Stops accepting, lets every connection finish the requests it has
     /// in flight, then returns.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        self.drain.start();
         let _ = self.task.await;
     }
 }
@@ -99,42 +100,45 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         frame_timeout: config.frame_timeout,
         metrics,
     });
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let max_conns = config.max_connections;
-    let stop_timeout = config.stop_timeout;
+    let (signal, watch) = drain::channel();
+    let signal = Arc::new(signal);
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let accepters: Vec<_> = listeners
+        .into_iter()
+        .map(|l| {
+            let (routes, settings) = (routes.clone(), client_settings.clone());
+            tokio::spawn(serve::accept(
+                l,
+                limit.clone(),
+                watch.clone(),
+                move |stream, drain| {
+                    let (routes, settings) = (routes.clone(), settings.clone());
+                    settings.metrics.accepted.inc();
+                    settings.metrics.open_connections.inc();
+                    async move {
+                        let metrics = settings.metrics.clone();
+                        client::serve(stream, routes, settings, drain).await;
+                        metrics.open_connections.dec();
+                    }
+                },
+            ))
+        })
+        .collect();
+    let (stop_timeout, drained) = (config.stop_timeout, signal.clone());
     let task = tokio::spawn(async move {
         // Keeps the registry (and its watch) alive while we serve.
         let _registry = registry;
-        let permits = Arc::new(Semaphore::new(max_conns));
-        let mut accepters = Vec::new();
-        for l in listeners {
-            accepters.push(tokio::spawn(accept_loop(
-                l,
-                routes.clone(),
-                client_settings.clone(),
-                permits.clone(),
-                shutdown_rx.clone(),
-            )));
-        }
-        let mut stop = shutdown_rx.clone();
+        let mut stop = watch;
         tokio::select! {
-            _ = async {
-                loop {
-                    let map = registry_rx.borrow_and_update().clone();
-                    manager.apply(&map);
-                    if registry_rx.changed().await.is_err() {
-                        tracing::error!("registry watch ended; keeping the last routes");
-                        std::future::pending::<()>().await;
-                    }
-                }
-            } => {}
-            _ = stop.wait_for(|s| *s) => {}
+            _ = follow(&mut manager, &mut registry_rx) => {}
+            _ = stop.signaled() => {}
         }
+        drop(stop);
         for a in accepters {
             let _ = a.await;
         }
-        // Every connection holds a permit until it has answered what it read.
-        if tokio::time::timeout(stop_timeout, permits.acquire_many(max_conns as u32))
+        // Every connection holds a watch until it has answered what it read.
+        if tokio::time::timeout(stop_timeout, drained.drain())
             .await
             .is_err()
         {
@@ -146,47 +150,23 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
     Ok(ProxyHandle {
         addresses,
         metrics_address,
-        shutdown,
+        drain: signal,
         task,
     })
 }
 
-async fn accept_loop(
-    listener: Listener,
-    routes: watch::Receiver<Arc<crate::routes::Routes>>,
-    settings: Arc<ClientSettings>,
-    permits: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
+/// Applies every registry snapshot to the routing table. A registry watch
+/// that ends leaves the last routes serving.
+async fn follow(
+    manager: &mut RouteManager,
+    registry: &mut tokio::sync::watch::Receiver<Arc<rpc_registry::ServiceMap>>,
 ) {
     loop {
-        // At the connection limit, stop accepting: the kernel backlog holds
-        // newcomers until a slot frees.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        let stream = tokio::select! {
-            s = listener.accept() => s,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        match stream {
-            Ok(stream) => {
-                let (routes, settings, shutdown) =
-                    (routes.clone(), settings.clone(), shutdown.clone());
-                settings.metrics.accepted.inc();
-                settings.metrics.open_connections.inc();
-                tokio::spawn(async move {
-                    let metrics = settings.metrics.clone();
-                    client::serve(stream, routes, settings, shutdown).await;
-                    metrics.open_connections.dec();
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                // Typically out of file descriptors: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        let map = registry.borrow_and_update().clone();
+        manager.apply(&map);
+        if registry.changed().await.is_err() {
+            tracing::error!("registry watch ended; keeping the last routes");
+            std::future::pending::<()>().await;
         }
     }
 }

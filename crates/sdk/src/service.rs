@@ -8,13 +8,13 @@ use std::task::{Context as TaskContext, Poll};
 use anyhow::Context;
 use rpc_codec::{Message, MessageType};
 use rpc_config::Config;
-use rpc_engine::conn;
 use rpc_engine::lost::protocol_error;
+use rpc_engine::{conn, drain, serve};
 use rpc_engine::{Cx, Flow, Hop, Options};
 use rpc_registry::{Endpoint, Registration, Registry};
 use rpc_transport::{Address, Listener, Stream};
-use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
 
 use crate::conn::{start, Done};
 use crate::tracker::Tracker;
@@ -83,7 +83,7 @@ impl Service {
         let addresses: Vec<Address> = listeners.iter().map(|l| l.local_address()).collect();
 
         let tracker = Tracker::new();
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (drain, watch) = drain::channel();
         let conn = Arc::new(ConnShared {
             handler: self.handler,
             tracker: tracker.clone(),
@@ -92,15 +92,20 @@ impl Service {
             frame_timeout: config.frame_timeout,
         });
         // One limit on connections across every listener.
-        let permits = Arc::new(Semaphore::new(config.max_connections));
+        let limit = Arc::new(Semaphore::new(config.max_connections));
         let accept = listeners
             .into_iter()
             .map(|l| {
-                tokio::spawn(accept_loop(
+                let conn = conn.clone();
+                tokio::spawn(serve::accept(
                     l,
-                    conn.clone(),
-                    permits.clone(),
-                    shutdown_rx.clone(),
+                    limit.clone(),
+                    watch.clone(),
+                    move |stream, drain| {
+                        conn.tracker.accepted();
+                        let conn = conn.clone();
+                        async move { serve_conn(stream, &conn, drain).await }
+                    },
                 ))
             })
             .collect();
@@ -140,7 +145,7 @@ impl Service {
             registrations,
             _registry: registry,
             tracker,
-            shutdown,
+            drain,
             accept,
             quiet_period: config.quiet_period,
             stop_timeout: config.stop_timeout,
@@ -173,7 +178,7 @@ pub struct ServiceHandle {
     /// Kept open while registered.
     _registry: Option<Arc<dyn Registry>>,
     tracker: Arc<Tracker>,
-    shutdown: watch::Sender<bool>,
+    drain: drain::Signal,
     accept: Vec<JoinHandle<()>>,
     quiet_period: Duration,
     stop_timeout: Duration,
@@ -232,11 +237,17 @@ impl ServiceHandle {
                 _ = self.tracker.wait_idle(), if self.tracker.inflight() > 0 => {}
             }
         }
-        let _ = self.shutdown.send(true);
+        // Stop reading; every connection writes the replies still due.
+        self.drain.start();
         let rest = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(100);
-        let all = futures::future::join_all(self.accept.iter_mut());
-        if tokio::time::timeout(rest, all).await.is_err() {
-            self.accept.iter().for_each(JoinHandle::abort);
+        for a in self.accept.drain(..) {
+            let _ = a.await;
+        }
+        if tokio::time::timeout(rest, self.drain.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!("stop timeout reached with connections still open");
         }
         tracing::info!("service stopped");
     }
@@ -251,46 +262,11 @@ struct ConnShared {
     frame_timeout: Duration,
 }
 
-async fn accept_loop(
-    listener: Listener,
-    shared: Arc<ConnShared>,
-    permits: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut conns = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("never closed"),
-            _ = stopped(&mut shutdown) => break,
-        };
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut shutdown) => break,
-        };
-        shared.tracker.accepted();
-        while conns.try_join_next().is_some() {}
-        let (shared, s) = (shared.clone(), shutdown.clone());
-        conns.spawn(async move {
-            serve_conn(stream, &shared, s).await;
-            drop(permit);
-        });
-    }
-    drop(listener);
-    while conns.join_next().await.is_some() {}
-}
-
 /// One connection, as a hop of the engine: answers heartbeats, starts
 /// each request (see [`crate::conn::start`]) and writes the replies of a
 /// batch together. Reading pauses while `max_inflight` requests are
 /// unanswered (running, or answered but not yet written).
-async fn serve_conn(stream: Stream, shared: &ConnShared, mut shutdown: watch::Receiver<bool>) {
+async fn serve_conn(stream: Stream, shared: &ConnShared, mut shutdown: drain::Watch) {
     let opts = Options::new(shared.max_frame).frame_timeout(shared.frame_timeout);
     // Outcomes of the requests that went to tasks of their own.
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Done<()>>();
@@ -301,7 +277,7 @@ async fn serve_conn(stream: Stream, shared: &ConnShared, mut shutdown: watch::Re
         running: 0,
         arrived: 0,
     };
-    let stop = async move { stopped(&mut shutdown).await };
+    let stop = async move { shutdown.signaled().await };
     conn::run(&mut hop, stream, stop, &opts).await;
 }
 
@@ -370,9 +346,4 @@ impl Hop for ServiceConn<'_> {
     fn owes(&self) -> bool {
         self.running > 0
     }
-}
-
-/// Resolves once the shutdown flag is set (or its sender is gone).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
