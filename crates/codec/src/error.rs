@@ -33,11 +33,3 @@ pub enum FrameError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
-
-impl FrameError {
-    /// Whether the peer deserves a protocol-error reply (as opposed to an
-    /// I/O failure, where there is nobody left to tell).
-    pub fn is_protocol(&self) -> bool {
-        !matches!(self, FrameError::Io(_))
-    }
-}

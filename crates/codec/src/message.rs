@@ -35,11 +35,6 @@ impl MessageType {
         })
     }
 
-    /// Requests are what an endpoint answers (or, for oneway, consumes).
-    pub fn is_request(self) -> bool {
-        matches!(self, Self::Call | Self::Oneway)
-    }
-
     pub fn is_response(self) -> bool {
         matches!(self, Self::Reply | Self::Exception)
     }

@@ -1,21 +1,25 @@
-//! `rpc-proxy`, the local proxy of SPEC §3–§4.
+//! `rpc-proxy`, the local proxy of SPEC §3–§4. Every connection runs on
+//! the connection engine (`rpc_engine::conn`); the modules are its hops
+//! and what they share.
 //!
 //! Request path, top to bottom:
-//! - [`server`]: accept loop, connection limit, graceful stop;
-//! - [`client`]: one client connection, in-order replies, backpressure;
-//! - [`forward`]: one request: route, deadline, seqid restore, errors;
-//! - `rpc_engine::balance`: choose a backend connection (`rpc_engine::ewma`:
-//!   latency estimate);
-//! - [`backend`]: one endpoint connection: seqid rewrite, pipelining,
-//!   heartbeats, reconnects, draining;
-//! - [`routes`]: registry snapshots → routing table.
+//! - `server`: the listeners (`rpc_engine::serve::accept`), connection
+//!   limit, graceful stop (`rpc_engine::drain`);
+//! - `client`: one client connection: slots in arrival order, deadlines,
+//!   replies in order, backpressure;
+//! - `forward`: hands one request to a backend of its service, chosen by
+//!   the service's `rpc_engine::balance::Balancer`;
+//! - `backend`: one endpoint connection: the seqid rewrite and restore
+//!   (`rpc_engine::SeqTable`), pipelining, heartbeats, reconnects, draining;
+//! - `routes`: registry snapshots → routing table;
+//! - `metrics`: the status page.
 
-pub mod backend;
-pub mod client;
-pub mod forward;
-pub mod metrics;
-pub mod routes;
-pub mod server;
+mod backend;
+mod client;
+mod forward;
+mod metrics;
+mod routes;
+mod server;
 
 pub use server::{start, ProxyHandle};
 

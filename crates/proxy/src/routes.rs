@@ -61,17 +61,6 @@ impl RouteManager {
         )
     }
 
-    /// Follows the registry until it closes.
-    pub async fn run(mut self, mut registry: watch::Receiver<Arc<ServiceMap>>) {
-        loop {
-            let map = registry.borrow_and_update().clone();
-            self.apply(&map);
-            if registry.changed().await.is_err() {
-                break;
-            }
-        }
-    }
-
     /// Rebuilds the table from one registry snapshot: new endpoints get a
     /// connection, removed ones are drained (no new requests at once).
     pub fn apply(&mut self, map: &ServiceMap) {
