@@ -11,6 +11,9 @@ pub struct Signal {
 }
 
 /// A connection's side: tells it when to stop; dropping it says "done".
+/// Keep it until the connection has finished: pass `watch.signaled()`
+/// (a borrow) as a shutdown future, not an `async move` block owning the
+/// watch, which would drop it as soon as the signal came.
 #[derive(Clone)]
 pub struct Watch {
     rx: watch::Receiver<bool>,

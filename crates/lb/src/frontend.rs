@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpc_codec::{application_exception, ExceptionKind, Message, MessageType};
-use rpc_engine::conn;
+use rpc_engine::{conn, drain};
 use rpc_engine::{Cx, Failure, Flow, Hop, Options};
 use rpc_transport::Stream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::dispatch::{Dispatcher, Job};
@@ -72,7 +72,7 @@ pub async fn serve(
     dispatcher: Arc<Dispatcher>,
     settings: Arc<FrontSettings>,
     activity: Arc<Activity>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: drain::Watch,
 ) {
     let opts = Options::new(settings.max_frame).frame_timeout(settings.frame_timeout);
     // Every request's answer comes back through this one channel.
@@ -87,9 +87,9 @@ pub async fn serve(
         jobs: Vec::new(),
         tally: Tally::default(),
     };
-    let stop = async move {
-        crate::until(&mut shutdown, |s| *s).await;
-    };
+    // Borrowed, not moved: the watch must live until the connection ends,
+    // since the server's drain waits for it.
+    let stop = shutdown.signaled();
     conn::run(&mut hop, stream, stop, &opts).await;
 }
 

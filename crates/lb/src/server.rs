@@ -1,14 +1,14 @@
 //! The two listeners, registration, and graceful stop.
 
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use rpc_config::Config;
+use rpc_engine::{drain, serve};
 use rpc_registry::{Endpoint, Registry};
-use rpc_transport::{Address, Listener, Stream};
+use rpc_transport::{Address, Listener};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -112,11 +112,9 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
     };
 
     let (stop, stop_rx) = watch::channel(false);
-    let (front_stop, front_stop_rx) = watch::channel(false);
-    let (back_stop, back_stop_rx) = watch::channel(false);
+    let (front_drain, front_watch) = drain::channel();
+    let (back_drain, back_watch) = drain::channel();
     let activity = Arc::new(Activity::new());
-    let max_conns = config.max_connections;
-    let (quiet_period, stop_timeout) = (config.quiet_period, config.stop_timeout);
 
     let sweeper = tokio::spawn(dispatcher.clone().sweep_expired());
     let registration = tokio::spawn(register::run(
@@ -126,23 +124,17 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         stop_rx.clone(),
         metrics.clone(),
     ));
-    let front_permits = Arc::new(Semaphore::new(max_conns));
-    let back_permits = Arc::new(Semaphore::new(max_conns));
     let front_loop = {
-        let (d, s, a, stop) = (
-            dispatcher.clone(),
-            front_settings,
-            activity.clone(),
-            front_stop_rx.clone(),
-        );
-        tokio::spawn(accept_loop(
+        let (d, s, a) = (dispatcher.clone(), front_settings, activity.clone());
+        let limit = Arc::new(Semaphore::new(config.max_connections));
+        tokio::spawn(serve::accept(
             front,
-            front_permits.clone(),
-            front_stop_rx,
-            move |stream| {
+            limit,
+            front_watch,
+            move |stream, drain| {
                 let m = s.metrics.clone();
                 m.proxy_connections.fetch_add(1, Ordering::Relaxed);
-                let conn = frontend::serve(stream, d.clone(), s.clone(), a.clone(), stop.clone());
+                let conn = frontend::serve(stream, d.clone(), s.clone(), a.clone(), drain);
                 async move {
                     conn.await;
                     m.proxy_connections.fetch_sub(1, Ordering::Relaxed);
@@ -151,50 +143,27 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         ))
     };
     let back_loop = {
-        let (d, s, stop) = (dispatcher.clone(), worker_settings, back_stop_rx.clone());
-        tokio::spawn(accept_loop(
+        let (d, s) = (dispatcher.clone(), worker_settings);
+        let limit = Arc::new(Semaphore::new(config.max_connections));
+        tokio::spawn(serve::accept(
             back,
-            back_permits.clone(),
-            back_stop_rx,
-            move |stream| worker::serve(stream, d.clone(), s.clone(), stop.clone()),
+            limit,
+            back_watch,
+            move |stream, drain| worker::serve(stream, d.clone(), s.clone(), drain),
         ))
     };
-
-    let mut stop_wait = stop_rx;
-    let d = dispatcher.clone();
-    let task = tokio::spawn(async move {
-        let _ = crate::until(&mut stop_wait, |s| *s).await;
-        let give_up = Instant::now() + stop_timeout;
-        // 1. Out of the registry, so proxies stop choosing this LB.
-        let _ = registration.await;
-        // 2. Keep serving until requests stop arriving.
-        loop {
-            let idle = activity.idle();
-            if idle >= quiet_period || Instant::now() >= give_up {
-                break;
-            }
-            tokio::time::sleep_until((Instant::now() + (quiet_period - idle)).min(give_up)).await;
-        }
-        // 3. Stop reading from proxies; let every request read be answered.
-        let _ = front_stop.send(true);
-        let _ = front_loop.await;
-        if tokio::time::timeout_at(give_up, front_permits.acquire_many(max_conns as u32))
-            .await
-            .is_err()
-        {
-            tracing::warn!(stats = ?d.stats(), "stop timeout reached with requests in flight");
-        }
-        // 4. Close the workers (they redial whoever listens next).
-        let _ = back_stop.send(true);
-        let _ = back_loop.await;
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            back_permits.acquire_many(max_conns as u32),
-        )
-        .await;
-        sweeper.abort();
-        tracing::info!("LB stopped");
-    });
+    let stopping = Stopping {
+        stop: stop_rx,
+        registration,
+        activity,
+        quiet_period: config.quiet_period,
+        stop_timeout: config.stop_timeout,
+        front: (front_drain, front_loop),
+        back: (back_drain, back_loop),
+        dispatcher: dispatcher.clone(),
+        sweeper,
+    };
+    let task = tokio::spawn(stopping.run());
     Ok(LbHandle {
         front: front_addr,
         back: back_addr,
@@ -222,40 +191,51 @@ pub fn validate(config: &Config) -> anyhow::Result<(String, Address, Address)> {
     Ok((service, front, back))
 }
 
-/// Accepts until `stop`, one permit of `permits` per open connection.
-async fn accept_loop<F, Fut>(
-    listener: Listener,
-    permits: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-    serve: F,
-) where
-    F: Fn(Stream) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    loop {
-        // At the connection limit, stop accepting: the kernel backlog holds
-        // newcomers until a slot frees.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = crate::until(&mut stop, |s| *s) => return,
-        };
-        let stream = tokio::select! {
-            s = listener.accept() => s,
-            _ = crate::until(&mut stop, |s| *s) => return,
-        };
-        match stream {
-            Ok(stream) => {
-                let conn = serve(stream);
-                tokio::spawn(async move {
-                    conn.await;
-                    drop(permit);
-                });
+/// The graceful stop (SPEC §5), waiting for the LB's stop signal.
+struct Stopping {
+    stop: watch::Receiver<bool>,
+    registration: JoinHandle<()>,
+    activity: Arc<Activity>,
+    quiet_period: Duration,
+    stop_timeout: Duration,
+    front: (drain::Signal, JoinHandle<()>),
+    back: (drain::Signal, JoinHandle<()>),
+    dispatcher: Arc<Dispatcher>,
+    sweeper: JoinHandle<()>,
+}
+
+impl Stopping {
+    async fn run(mut self) {
+        let _ = crate::until(&mut self.stop, |s| *s).await;
+        let give_up = Instant::now() + self.stop_timeout;
+        // 1. Out of the registry, so proxies stop choosing this LB.
+        let _ = self.registration.await;
+        // 2. Keep serving until requests stop arriving.
+        loop {
+            let idle = self.activity.idle();
+            if idle >= self.quiet_period || Instant::now() >= give_up {
+                break;
             }
-            Err(e) => {
-                // Typically out of file descriptors: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let wake = (Instant::now() + (self.quiet_period - idle)).min(give_up);
+            tokio::time::sleep_until(wake).await;
         }
+        // 3. Stop reading from proxies; let every request read be answered.
+        let (front, front_loop) = self.front;
+        front.start();
+        let _ = front_loop.await;
+        if tokio::time::timeout_at(give_up, front.drain())
+            .await
+            .is_err()
+        {
+            let stats = self.dispatcher.stats();
+            tracing::warn!(?stats, "stop timeout reached with requests in flight");
+        }
+        // 4. Close the workers (they redial whoever listens next).
+        let (back, back_loop) = self.back;
+        back.start();
+        let _ = back_loop.await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), back.drain()).await;
+        self.sweeper.abort();
+        tracing::info!("LB stopped");
     }
 }

@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use rpc_codec::{heartbeat, stop_confirm, Message, MessageType};
 use rpc_engine::conn::{self, End};
+use rpc_engine::drain;
 use rpc_engine::{Cx, Failure, Flow, Hop, Lost, Options, SeqTable};
 use rpc_transport::Stream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::dispatch::{Dispatcher, Job, Outcome, WorkerId};
@@ -54,7 +55,7 @@ pub async fn serve(
     stream: Stream,
     dispatcher: Arc<Dispatcher>,
     settings: Arc<WorkerSettings>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: drain::Watch,
 ) {
     let peer = stream.peer();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -82,15 +83,16 @@ pub async fn serve(
         write_buffer_limit: usize::MAX,
         ..Options::new(settings.max_frame)
     };
-    let stop = async move {
-        crate::until(&mut shutdown, |s| *s).await;
-    };
+    // Borrowed, not moved: the watch must live until the connection ends,
+    // since the server's drain waits for it.
+    let stop = shutdown.signaled();
     let end = conn::run(&mut hop, stream, stop, &opts).await;
     dispatcher.remove_worker(id);
     // Nothing more can arrive once removed: what is left was never written.
     hop.rx.close();
     let unsent = std::iter::from_fn(|| hop.rx.try_recv().ok()).collect();
     dispatcher.requeue(id, unsent);
+    eprintln!("DEBUG worker end {end:?} pending {}", hop.pending.len());
     let failure = match end {
         End::Closed => Failure::Stopping("the LB"),
         End::Lost(cause) => {

@@ -54,7 +54,9 @@ pub async fn serve(
         settings,
         retry_at: None,
     };
-    let stop = async move { shutdown.signaled().await };
+    // Borrowed, not moved: the watch must live until the connection ends,
+    // since the server's drain waits for it.
+    let stop = shutdown.signaled();
     conn::run(&mut hop, stream, stop, &opts).await;
 }
 

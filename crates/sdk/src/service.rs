@@ -277,7 +277,9 @@ async fn serve_conn(stream: Stream, shared: &ConnShared, mut shutdown: drain::Wa
         running: 0,
         arrived: 0,
     };
-    let stop = async move { shutdown.signaled().await };
+    // Borrowed, not moved: the watch must live until the connection ends,
+    // since the server's drain waits for it.
+    let stop = shutdown.signaled();
     conn::run(&mut hop, stream, stop, &opts).await;
 }
 
