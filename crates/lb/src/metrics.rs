@@ -213,8 +213,15 @@ impl std::fmt::Debug for Page {
 impl Collector for Page {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let s = self.dispatcher.snapshot();
-        let m = &self.metrics;
+        self.encode_requests(&mut e, &s)?;
+        self.encode_totals(&mut e, &s)?;
+        encode_workers(&mut e, &s)
+    }
+}
 
+impl Page {
+    /// Requests by how they ended, and their latency histogram.
+    fn encode_requests(&self, e: &mut DescriptorEncoder, s: &Snapshot) -> std::fmt::Result {
         let mut f = e.encode_descriptor(
             "requests",
             "Requests from proxies, by how they ended",
@@ -222,7 +229,7 @@ impl Collector for Page {
             MetricType::Counter,
         )?;
         for (ending, label) in ENDINGS {
-            ConstCounter::new(m.requests.get(ending))
+            ConstCounter::new(self.metrics.requests.get(ending))
                 .encode(f.encode_family(&[("outcome", label)])?)?;
         }
         let mut buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_US
@@ -243,97 +250,105 @@ impl Collector for Page {
             s.totals.latency_count(),
             &buckets,
             None,
-        )?;
-        one(
-            &mut e,
-            "queue_length",
-            "Requests waiting for a free worker slot",
-            ConstGauge::new(s.queued as i64),
-        )?;
-        one(
-            &mut e,
-            "queue_limit",
-            "Most requests that may wait (queue_size)",
-            ConstGauge::new(s.queue_limit as i64),
-        )?;
-        one(
-            &mut e,
-            "registered",
-            "1 while the LB's endpoint is in the registry",
-            ConstGauge::new(i64::from(m.registered.load(Ordering::Relaxed))),
-        )?;
-        one(
-            &mut e,
-            "proxy_connections",
-            "Proxy connections open",
-            ConstGauge::new(m.proxy_connections.load(Ordering::Relaxed)),
-        )?;
-        one(
-            &mut e,
-            "workers",
-            "Workers connected and taking requests",
-            ConstGauge::new(s.workers.iter().filter(|w| w.serving).count() as i64),
-        )?;
-        one(
-            &mut e,
-            "worker_connections",
-            "Worker connections accepted since start",
-            ConstCounter::new(s.worker_connections),
-        )?;
-        one(
-            &mut e,
-            "heartbeats_sent",
-            "Heartbeats sent to workers",
-            ConstCounter::new(s.totals.heartbeats_sent),
-        )?;
-        one(
-            &mut e,
-            "heartbeats_missed",
-            "Heartbeat intervals a worker let pass without a frame",
-            ConstCounter::new(s.totals.heartbeats_missed),
-        )?;
+        )
+    }
 
-        type Value = fn(&crate::dispatch::WorkerView) -> u64;
-        let per_worker: [(&str, &str, MetricType, Value); 4] = [
+    /// The LB-wide gauges and counters.
+    fn encode_totals(&self, e: &mut DescriptorEncoder, s: &Snapshot) -> std::fmt::Result {
+        let m = &self.metrics;
+        let serving = s.workers.iter().filter(|w| w.serving).count() as i64;
+        let gauges = [
             (
-                "worker_up",
-                "1 while the worker takes requests, 0 once it announced STOP",
-                MetricType::Gauge,
-                |w| u64::from(w.serving),
+                "queue_length",
+                "Requests waiting for a free worker slot",
+                s.queued as i64,
             ),
             (
-                "worker_capacity",
-                "Requests a worker may have in flight",
-                MetricType::Gauge,
-                |w| w.capacity as u64,
+                "queue_limit",
+                "Most requests that may wait (queue_size)",
+                s.queue_limit as i64,
             ),
             (
-                "worker_inflight",
-                "Requests handed to the worker and not answered yet",
-                MetricType::Gauge,
-                |w| w.inflight as u64,
+                "registered",
+                "1 while the LB's endpoint is in the registry",
+                i64::from(m.registered.load(Ordering::Relaxed)),
             ),
             (
-                "worker_served",
-                "Replies received from the worker",
-                MetricType::Counter,
-                |w| w.served,
+                "proxy_connections",
+                "Proxy connections open",
+                m.proxy_connections.load(Ordering::Relaxed),
+            ),
+            ("workers", "Workers connected and taking requests", serving),
+        ];
+        for (name, help, v) in gauges {
+            one(e, name, help, ConstGauge::new(v))?;
+        }
+        let counters = [
+            (
+                "worker_connections",
+                "Worker connections accepted since start",
+                s.worker_connections,
+            ),
+            (
+                "heartbeats_sent",
+                "Heartbeats sent to workers",
+                s.totals.heartbeats_sent,
+            ),
+            (
+                "heartbeats_missed",
+                "Heartbeat intervals a worker let pass without a frame",
+                s.totals.heartbeats_missed,
             ),
         ];
-        for (name, help, kind, value) in per_worker {
-            let mut f = e.encode_descriptor(name, help, None, kind)?;
-            for w in &s.workers {
-                let id = w.id.to_string();
-                let labels = [("worker", id.as_str()), ("peer", w.peer.as_str())];
-                let enc = f.encode_family(&labels)?;
-                match kind {
-                    MetricType::Counter => ConstCounter::new(value(w)).encode(enc)?,
-                    _ => ConstGauge::new(value(w) as i64).encode(enc)?,
-                }
-            }
+        for (name, help, v) in counters {
+            one(e, name, help, ConstCounter::new(v))?;
         }
         Ok(())
     }
+}
+
+/// One series per connected worker, labelled by worker id and peer.
+fn encode_workers(e: &mut DescriptorEncoder, s: &Snapshot) -> std::fmt::Result {
+    type Value = fn(&crate::dispatch::WorkerView) -> u64;
+    let per_worker: [(&str, &str, MetricType, Value); 4] = [
+        (
+            "worker_up",
+            "1 while the worker takes requests, 0 once it announced STOP",
+            MetricType::Gauge,
+            |w| u64::from(w.serving),
+        ),
+        (
+            "worker_capacity",
+            "Requests a worker may have in flight",
+            MetricType::Gauge,
+            |w| w.capacity as u64,
+        ),
+        (
+            "worker_inflight",
+            "Requests handed to the worker and not answered yet",
+            MetricType::Gauge,
+            |w| w.inflight as u64,
+        ),
+        (
+            "worker_served",
+            "Replies received from the worker",
+            MetricType::Counter,
+            |w| w.served,
+        ),
+    ];
+    for (name, help, kind, value) in per_worker {
+        let mut f = e.encode_descriptor(name, help, None, kind)?;
+        for w in &s.workers {
+            let id = w.id.to_string();
+            let labels = [("worker", id.as_str()), ("peer", w.peer.as_str())];
+            let enc = f.encode_family(&labels)?;
+            match kind {
+                MetricType::Counter => ConstCounter::new(value(w)).encode(enc)?,
+                _ => ConstGauge::new(value(w) as i64).encode(enc)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The `/status` and dashboard view of one worker.

@@ -64,12 +64,7 @@ impl LbHandle {
 /// `service` once a worker is connected.
 pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Result<LbHandle> {
     let (service, front_addr, back_addr) = validate(config)?;
-    let front = Listener::bind(&front_addr)
-        .await
-        .with_context(|| format!("cannot listen for proxies on {front_addr}"))?;
-    let back = Listener::bind(&back_addr)
-        .await
-        .with_context(|| format!("cannot listen for workers on {back_addr}"))?;
+    let (front, back) = bind(&front_addr, &back_addr).await?;
     let (front_addr, back_addr) = (front.local_address(), back.local_address());
     tracing::info!(%service, frontend = %front_addr, backend = %back_addr, dispatch = ?config.dispatch, "LB listening");
 
@@ -91,20 +86,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         }
         None => None,
     };
-    let front_settings = Arc::new(FrontSettings {
-        service: service_name,
-        max_frame: config.max_frame_size,
-        max_inflight: config.max_inflight,
-        rpc_timeout: config.rpc_timeout,
-        frame_timeout: config.frame_timeout,
-        metrics: metrics.clone(),
-    });
-    let worker_settings = Arc::new(WorkerSettings {
-        max_frame: config.max_frame_size,
-        heartbeat_interval: config.heartbeat_interval,
-        heartbeat_timeout: config.heartbeat_timeout,
-        rpc_timeout: config.rpc_timeout,
-    });
+    let (front_settings, worker_settings) = settings(config, service_name, &metrics);
     let reg_settings = RegisterSettings {
         endpoint: Endpoint::new(&service, &front_addr.to_string()),
         register_delay: config.register_delay,
@@ -124,34 +106,16 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         stop_rx.clone(),
         metrics.clone(),
     ));
-    let front_loop = {
-        let (d, s, a) = (dispatcher.clone(), front_settings, activity.clone());
-        let limit = Arc::new(Semaphore::new(config.max_connections));
-        tokio::spawn(serve::accept(
-            front,
-            limit,
-            front_watch,
-            move |stream, drain| {
-                let m = s.metrics.clone();
-                m.proxy_connections.fetch_add(1, Ordering::Relaxed);
-                let conn = frontend::serve(stream, d.clone(), s.clone(), a.clone(), drain);
-                async move {
-                    conn.await;
-                    m.proxy_connections.fetch_sub(1, Ordering::Relaxed);
-                }
-            },
-        ))
-    };
-    let back_loop = {
-        let (d, s) = (dispatcher.clone(), worker_settings);
-        let limit = Arc::new(Semaphore::new(config.max_connections));
-        tokio::spawn(serve::accept(
-            back,
-            limit,
-            back_watch,
-            move |stream, drain| worker::serve(stream, d.clone(), s.clone(), drain),
-        ))
-    };
+    let limit = config.max_connections;
+    let front_loop = accept_proxies(
+        front,
+        limit,
+        front_watch,
+        &dispatcher,
+        front_settings,
+        &activity,
+    );
+    let back_loop = accept_workers(back, limit, back_watch, &dispatcher, worker_settings);
     let stopping = Stopping {
         stop: stop_rx,
         registration,
@@ -172,6 +136,77 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         stop,
         task,
     })
+}
+
+/// Serves the proxies' connections accepted on `l`.
+fn accept_proxies(
+    l: Listener,
+    limit: usize,
+    watch: drain::Watch,
+    dispatcher: &Arc<Dispatcher>,
+    settings: Arc<FrontSettings>,
+    activity: &Arc<Activity>,
+) -> JoinHandle<()> {
+    let (d, a) = (dispatcher.clone(), activity.clone());
+    let limit = Arc::new(Semaphore::new(limit));
+    tokio::spawn(serve::accept(l, limit, watch, move |stream, drain| {
+        let m = settings.metrics.clone();
+        m.proxy_connections.fetch_add(1, Ordering::Relaxed);
+        let conn = frontend::serve(stream, d.clone(), settings.clone(), a.clone(), drain);
+        async move {
+            conn.await;
+            m.proxy_connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }))
+}
+
+/// Serves the workers' connections accepted on `l`.
+fn accept_workers(
+    l: Listener,
+    limit: usize,
+    watch: drain::Watch,
+    dispatcher: &Arc<Dispatcher>,
+    settings: Arc<WorkerSettings>,
+) -> JoinHandle<()> {
+    let d = dispatcher.clone();
+    let limit = Arc::new(Semaphore::new(limit));
+    tokio::spawn(serve::accept(l, limit, watch, move |stream, drain| {
+        worker::serve(stream, d.clone(), settings.clone(), drain)
+    }))
+}
+
+/// The frontend and worker listeners.
+async fn bind(front: &Address, back: &Address) -> anyhow::Result<(Listener, Listener)> {
+    let f = Listener::bind(front)
+        .await
+        .with_context(|| format!("cannot listen for proxies on {front}"))?;
+    let b = Listener::bind(back)
+        .await
+        .with_context(|| format!("cannot listen for workers on {back}"))?;
+    Ok((f, b))
+}
+
+/// What the frontend and worker connections take from the configuration.
+fn settings(
+    config: &Config,
+    service: Arc<str>,
+    metrics: &Arc<Metrics>,
+) -> (Arc<FrontSettings>, Arc<WorkerSettings>) {
+    let front = FrontSettings {
+        service,
+        max_frame: config.max_frame_size,
+        max_inflight: config.max_inflight,
+        rpc_timeout: config.rpc_timeout,
+        frame_timeout: config.frame_timeout,
+        metrics: metrics.clone(),
+    };
+    let worker = WorkerSettings {
+        max_frame: config.max_frame_size,
+        heartbeat_interval: config.heartbeat_interval,
+        heartbeat_timeout: config.heartbeat_timeout,
+        rpc_timeout: config.rpc_timeout,
+    };
+    (Arc::new(front), Arc::new(worker))
 }
 
 /// What the LB needs from a configuration: its service name, frontend

@@ -45,18 +45,7 @@ impl ProxyHandle {
 
 /// Binds every `proxy_address`, follows the registry and serves.
 pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Result<ProxyHandle> {
-    anyhow::ensure!(
-        !config.proxy_address.is_empty(),
-        "`proxy_address` is not set"
-    );
-    let mut listeners = Vec::new();
-    for addr in &config.proxy_address {
-        let l = Listener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        tracing::info!(address = %l.local_address(), "proxy listening");
-        listeners.push(l);
-    }
+    let listeners = bind(config).await?;
     let addresses = listeners.iter().map(Listener::local_address).collect();
 
     let settings = BackendSettings {
@@ -76,15 +65,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         metrics.clone(),
     );
     let metrics_address = match &config.metrics_address {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr.as_str())
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?;
-            let bound = l.local_addr()?;
-            tracing::info!(address = %bound, "metrics and dashboard");
-            tokio::spawn(metrics::serve(l, metrics.clone(), routes.clone()));
-            Some(bound)
-        }
+        Some(addr) => Some(serve_metrics(addr, &metrics, &routes).await?),
         None => None,
     };
     let mut registry_rx = registry
@@ -105,24 +86,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let accepters: Vec<_> = listeners
         .into_iter()
-        .map(|l| {
-            let (routes, settings) = (routes.clone(), client_settings.clone());
-            tokio::spawn(serve::accept(
-                l,
-                limit.clone(),
-                watch.clone(),
-                move |stream, drain| {
-                    let (routes, settings) = (routes.clone(), settings.clone());
-                    settings.metrics.accepted.inc();
-                    settings.metrics.open_connections.inc();
-                    async move {
-                        let metrics = settings.metrics.clone();
-                        client::serve(stream, routes, settings, drain).await;
-                        metrics.open_connections.dec();
-                    }
-                },
-            ))
-        })
+        .map(|l| accept(l, &limit, &watch, &routes, &client_settings))
         .collect();
     let (stop_timeout, drained) = (config.stop_timeout, signal.clone());
     let task = tokio::spawn(async move {
@@ -153,6 +117,64 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         drain: signal,
         task,
     })
+}
+
+/// Serves client connections accepted on `l`.
+fn accept(
+    l: Listener,
+    limit: &Arc<Semaphore>,
+    watch: &drain::Watch,
+    routes: &tokio::sync::watch::Receiver<Arc<crate::routes::Routes>>,
+    settings: &Arc<ClientSettings>,
+) -> JoinHandle<()> {
+    let (routes, settings) = (routes.clone(), settings.clone());
+    tokio::spawn(serve::accept(
+        l,
+        limit.clone(),
+        watch.clone(),
+        move |stream, drain| {
+            let (routes, settings) = (routes.clone(), settings.clone());
+            settings.metrics.accepted.inc();
+            settings.metrics.open_connections.inc();
+            async move {
+                let metrics = settings.metrics.clone();
+                client::serve(stream, routes, settings, drain).await;
+                metrics.open_connections.dec();
+            }
+        },
+    ))
+}
+
+/// Binds every `proxy_address`.
+async fn bind(config: &Config) -> anyhow::Result<Vec<Listener>> {
+    anyhow::ensure!(
+        !config.proxy_address.is_empty(),
+        "`proxy_address` is not set"
+    );
+    let mut listeners = Vec::new();
+    for addr in &config.proxy_address {
+        let l = Listener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(address = %l.local_address(), "proxy listening");
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
+/// The status page on `addr`; the address bound.
+async fn serve_metrics(
+    addr: &str,
+    metrics: &Arc<Metrics>,
+    routes: &tokio::sync::watch::Receiver<Arc<crate::routes::Routes>>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    let bound = l.local_addr()?;
+    tracing::info!(address = %bound, "metrics and dashboard");
+    tokio::spawn(metrics::serve(l, metrics.clone(), routes.clone()));
+    Ok(bound)
 }
 
 /// Applies every registry snapshot to the routing table. A registry watch
