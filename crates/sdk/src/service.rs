@@ -110,35 +110,14 @@ impl Service {
             })
             .collect();
 
-        let mut registrations = Vec::new();
-        let mut registry = None;
-        if config.stand_alone {
+        let (registrations, registry) = if config.stand_alone {
             tracing::info!("stand-alone: not registering");
+            (Vec::new(), None)
         } else {
-            let service = config
-                .service
-                .clone()
-                .context("`service` is not set (or set stand_alone=1)")?;
-            let reg = match self.registry {
-                Some(r) => r,
-                None => rpc_registry::open(&config)
-                    .await
-                    .context("cannot open the registry")?,
-            };
-            for address in &addresses {
-                let mut endpoint = Endpoint::new(&service, &address.to_string());
-                if let Some(v) = &self.code_url_version {
-                    endpoint.code_url_version = v.clone();
-                }
-                let r = reg
-                    .register(endpoint)
-                    .await
-                    .with_context(|| format!("cannot register {service} at {address}"))?;
-                tracing::info!(%service, %address, "registered");
-                registrations.push(r);
-            }
-            registry = Some(reg);
-        }
+            let version = self.code_url_version.as_deref();
+            let (regs, reg) = register(&config, self.registry, &addresses, version).await?;
+            (regs, Some(reg))
+        };
 
         Ok(ServiceHandle {
             addresses,
@@ -251,6 +230,39 @@ impl ServiceHandle {
         }
         tracing::info!("service stopped");
     }
+}
+
+/// Registers `service` at every address bound.
+async fn register(
+    config: &Config,
+    registry: Option<Arc<dyn Registry>>,
+    addresses: &[Address],
+    code_url_version: Option<&str>,
+) -> anyhow::Result<(Vec<Registration>, Arc<dyn Registry>)> {
+    let service = config
+        .service
+        .clone()
+        .context("`service` is not set (or set stand_alone=1)")?;
+    let reg = match registry {
+        Some(r) => r,
+        None => rpc_registry::open(config)
+            .await
+            .context("cannot open the registry")?,
+    };
+    let mut registrations = Vec::new();
+    for address in addresses {
+        let mut endpoint = Endpoint::new(&service, &address.to_string());
+        if let Some(v) = code_url_version {
+            endpoint.code_url_version = v.to_string();
+        }
+        let r = reg
+            .register(endpoint)
+            .await
+            .with_context(|| format!("cannot register {service} at {address}"))?;
+        tracing::info!(%service, %address, "registered");
+        registrations.push(r);
+    }
+    Ok((registrations, reg))
 }
 
 /// What every connection of a service shares.
