@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::path::Path;
 
 use tracing_appender::non_blocking::WorkerGuard;
@@ -28,9 +29,11 @@ pub fn init_logging(level: &str, log_file: Option<&Path>) -> Option<WorkerGuard>
             Some(guard)
         }
         None => {
+            // Colours only on a terminal: pipes and files get plain text.
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
                 .try_init();
             None
         }
