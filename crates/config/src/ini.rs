@@ -168,6 +168,18 @@ pub struct Config {
     pub register_delay: Duration,
     /// LB: deregister after this long without any worker.
     pub no_worker_grace: Duration,
+    /// LB: the command line of the workers it starts and supervises
+    /// (split like a shell would, no shell involved); none: workers dial
+    /// in by themselves.
+    pub worker_command: Option<Vec<String>>,
+    /// LB: supervised workers to keep running (0: one per CPU).
+    pub worker_count: usize,
+    /// LB: replace a supervised worker after this many calls (0: never),
+    /// plus up to 10 % jitter so workers do not recycle together.
+    pub worker_max_requests: u64,
+    /// LB: first delay before restarting a worker that exited soon after
+    /// starting; doubles up to 30 s while it keeps failing.
+    pub worker_restart_backoff: Duration,
     /// HTTP address for metrics and the status page.
     pub metrics_address: Option<String>,
     /// Tokio worker threads; 0 picks for the machine.
@@ -212,6 +224,10 @@ impl Default for Config {
             queue_size: 10_000,
             register_delay: Duration::from_secs(1),
             no_worker_grace: Duration::from_secs(10),
+            worker_command: None,
+            worker_count: 0,
+            worker_max_requests: 0,
+            worker_restart_backoff: Duration::from_secs(1),
             metrics_address: None,
             threads: 0,
             unknown: BTreeMap::new(),
@@ -360,6 +376,18 @@ impl Config {
             "queue_size" => self.queue_size = positive(k, v)?,
             "register_delay" => self.register_delay = seconds(k, v)?,
             "no_worker_grace" => self.no_worker_grace = seconds(k, v)?,
+            "worker_command" => {
+                self.worker_command = match v {
+                    "" => None,
+                    _ => match shlex::split(v) {
+                        Some(argv) if !argv.is_empty() => Some(argv),
+                        _ => return Err(invalid(k, v, "not a command line (unbalanced quotes?)")),
+                    },
+                }
+            }
+            "worker_count" => self.worker_count = parse(k, v)?,
+            "worker_max_requests" => self.worker_max_requests = parse(k, v)?,
+            "worker_restart_backoff" => self.worker_restart_backoff = seconds(k, v)?,
             "metrics_address" => self.metrics_address = opt(v),
             "threads" => self.threads = parse(k, v)?,
             _ => {
@@ -448,6 +476,7 @@ mod tests {
         );
         assert_eq!(c.back_address, Some(Address::Unix("/tmp/lb.sock".into())));
         assert_eq!(c.worker_pool_size, 4);
+        assert_eq!(c.worker_command, None);
         assert_eq!(c.proxy_address, vec![Address::Tcp("127.0.0.1:5550".into())]);
         let two = Config::parse("proxy_address = 127.0.0.1:1, /run/p.sock").unwrap();
         assert_eq!(two.proxy_address[1], Address::Unix("/run/p.sock".into()));
@@ -524,5 +553,20 @@ mod tests {
             c.front_address().unwrap(),
             Address::Tcp("127.0.0.1:9".into())
         );
+    }
+
+    #[test]
+    fn supervised_worker_keys() {
+        let c = Config::parse(
+            "worker_command = python3 -m my_service --name 'a b'\nworker_count=4\n\
+             worker_max_requests=1000\nworker_restart_backoff=0.5\n",
+        )
+        .unwrap();
+        let argv = c.worker_command.unwrap();
+        assert_eq!(argv, ["python3", "-m", "my_service", "--name", "a b"]);
+        assert_eq!((c.worker_count, c.worker_max_requests), (4, 1000));
+        assert_eq!(c.worker_restart_backoff, Duration::from_millis(500));
+        let e = Config::parse("worker_command = run 'unbalanced\n").unwrap_err();
+        assert!(e.to_string().contains("worker_command"), "{e}");
     }
 }

@@ -90,8 +90,11 @@ impl Dashboard {
         Dashboard { html }
     }
 
-    /// Opens the table with its header row.
+    /// Opens a table with its header row (closing the one before, if any).
     pub fn table(&mut self, headers: &[&str]) {
+        if self.html.ends_with("</tr>") {
+            self.html.push_str("</table>");
+        }
         self.html.push_str("<table><tr>");
         for h in headers {
             let _ = write!(self.html, "<th>{}</th>", escape(h));

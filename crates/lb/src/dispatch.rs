@@ -116,6 +116,8 @@ pub struct Stats {
 pub struct WorkerView {
     pub id: WorkerId,
     pub peer: String,
+    /// The worker's process, when the LB could tell it.
+    pub pid: Option<u32>,
     /// Taking new requests (not stopping).
     pub serving: bool,
     pub capacity: usize,
@@ -213,6 +215,10 @@ impl Dispatcher {
                 WorkerView {
                     id: w.id,
                     peer: w.counters.peer.clone(),
+                    pid: match w.counters.pid.load(std::sync::atomic::Ordering::Relaxed) {
+                        0 => None,
+                        p => Some(p),
+                    },
                     serving: w.accepting,
                     capacity: self.per_worker,
                     inflight: w.inflight,

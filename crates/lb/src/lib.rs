@@ -14,6 +14,8 @@
 //!   deadlines of the requests it wrote (one timer per connection),
 //!   heartbeats, lost-worker detection, STOP;
 //! - [`register`]: in the registry only while a worker is connected;
+//! - [`supervise`]: the worker processes the LB starts itself
+//!   (`worker_command`): restarts, recycling, reloads;
 //! - [`metrics`]: the status page on `metrics_address` (Prometheus,
 //!   JSON, dashboard) and the cheap counters behind it.
 
@@ -23,6 +25,7 @@ pub mod metrics;
 pub mod register;
 pub mod reply;
 pub mod server;
+pub mod supervise;
 pub mod worker;
 
 pub use dispatch::Stats;

@@ -24,6 +24,7 @@ use prometheus_client::registry::{Registry, Unit};
 use rpc_config::status_page::{escape, Cell, Dashboard, StatusPage};
 
 use crate::dispatch::{Dispatcher, Snapshot};
+use crate::supervise::{SlotView, Supervisor};
 
 /// A counter written by one task only (a load and a store, no locked
 /// instruction) and read by anyone.
@@ -114,6 +115,8 @@ const BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
 pub struct WorkerCounters {
     /// The worker's address as the LB sees it.
     pub peer: String,
+    /// The worker's process id once known (0 until then).
+    pub pid: std::sync::atomic::AtomicU32,
     /// Replies (REPLY or EXCEPTION) received, late ones included.
     pub served: Single,
     pub heartbeats_sent: Single,
@@ -180,15 +183,29 @@ pub struct Page {
     service: Arc<str>,
     metrics: Arc<Metrics>,
     dispatcher: Arc<Dispatcher>,
+    supervisor: Option<Arc<Supervisor>>,
 }
 
 impl Page {
-    pub fn new(service: Arc<str>, metrics: Arc<Metrics>, dispatcher: Arc<Dispatcher>) -> Page {
+    pub fn new(
+        service: Arc<str>,
+        metrics: Arc<Metrics>,
+        dispatcher: Arc<Dispatcher>,
+        supervisor: Option<Arc<Supervisor>>,
+    ) -> Page {
         Page {
             service,
             metrics,
             dispatcher,
+            supervisor,
         }
+    }
+
+    fn supervised(&self) -> Vec<SlotView> {
+        self.supervisor
+            .as_ref()
+            .map(|s| s.views())
+            .unwrap_or_default()
     }
 }
 
@@ -215,7 +232,8 @@ impl Collector for Page {
         let s = self.dispatcher.snapshot();
         self.encode_requests(&mut e, &s)?;
         self.encode_totals(&mut e, &s)?;
-        encode_workers(&mut e, &s)
+        encode_workers(&mut e, &s)?;
+        encode_supervised(&mut e, &s, &self.supervised())
     }
 }
 
@@ -307,6 +325,54 @@ impl Page {
     }
 }
 
+/// One series per supervised worker slot, labelled by slot and pid.
+fn encode_supervised(
+    e: &mut DescriptorEncoder,
+    s: &Snapshot,
+    views: &[SlotView],
+) -> std::fmt::Result {
+    if views.is_empty() {
+        return Ok(());
+    }
+    type Value = fn(&SlotView, &Snapshot) -> f64;
+    let series: [(&str, &str, MetricType, Value); 3] = [
+        (
+            "supervised_worker_age_seconds",
+            "How long the slot's worker process has been running",
+            MetricType::Gauge,
+            |v, _| age(v).as_secs_f64(),
+        ),
+        (
+            "supervised_worker_served",
+            "Calls answered by the slot's current worker process",
+            MetricType::Counter,
+            |v, s| served_by(s, v.pid) as f64,
+        ),
+        (
+            "supervised_worker_restarts",
+            "Unplanned exits of the slot's workers, each restarted",
+            MetricType::Counter,
+            |v, _| v.restarts as f64,
+        ),
+    ];
+    for (name, help, kind, value) in series {
+        let mut f = e.encode_descriptor(name, help, None, kind)?;
+        for v in views {
+            let (slot, pid) = (
+                v.slot.to_string(),
+                v.pid.map(|p| p.to_string()).unwrap_or_default(),
+            );
+            let labels = [("slot", slot.as_str()), ("pid", pid.as_str())];
+            let enc = f.encode_family(&labels)?;
+            match kind {
+                MetricType::Counter => ConstCounter::new(value(v, s) as u64).encode(enc)?,
+                _ => ConstGauge::new(value(v, s)).encode(enc)?,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One series per connected worker, labelled by worker id and peer.
 fn encode_workers(e: &mut DescriptorEncoder, s: &Snapshot) -> std::fmt::Result {
     type Value = fn(&crate::dispatch::WorkerView) -> u64;
@@ -374,6 +440,7 @@ impl Page {
                 serde_json::json!({
                     "id": w.id,
                     "peer": w.peer,
+                    "pid": w.pid,
                     "state": state(w.serving),
                     "capacity": w.capacity,
                     "inflight": w.inflight,
@@ -400,6 +467,7 @@ impl Page {
             },
             "worker_connections": s.worker_connections,
             "workers": workers,
+            "supervised": supervised_json(&self.supervised(), s),
         })
     }
 }
@@ -453,6 +521,7 @@ impl StatusPage for Page {
         page.table(&[
             "worker",
             "peer",
+            "pid",
             "state",
             "capacity",
             "in flight",
@@ -463,6 +532,7 @@ impl StatusPage for Page {
             page.row([
                 Cell::Text(w.id.to_string()),
                 Cell::Text(w.peer.clone()),
+                Cell::Text(w.pid.map(|p| p.to_string()).unwrap_or_default()),
                 Cell::State(state(w.serving).into()),
                 Cell::Text(w.capacity.to_string()),
                 Cell::Text(w.inflight.to_string()),
@@ -470,8 +540,63 @@ impl StatusPage for Page {
                 Cell::Text(w.heartbeats_missed.to_string()),
             ]);
         }
+        let supervised = self.supervised();
+        if !supervised.is_empty() {
+            page.table(&[
+                "slot",
+                "pid",
+                "age",
+                "served",
+                "restarts",
+                "replaced",
+                "last exit",
+            ]);
+            for v in &supervised {
+                page.row([
+                    Cell::Text(v.slot.to_string()),
+                    Cell::Text(v.pid.map(|p| p.to_string()).unwrap_or_else(|| "—".into())),
+                    Cell::Text(format!("{:.0} s", age(v).as_secs_f64())),
+                    Cell::Text(served_by(&s, v.pid).to_string()),
+                    Cell::Text(v.restarts.to_string()),
+                    Cell::Text(v.replaced.to_string()),
+                    Cell::Text(v.last_exit.clone().unwrap_or_default()),
+                ]);
+            }
+        }
         page.finish()
     }
+}
+
+/// How long the slot's current worker has been running.
+fn age(v: &SlotView) -> std::time::Duration {
+    v.started.map(|t| t.elapsed()).unwrap_or_default()
+}
+
+/// Calls answered by the worker process `pid`, over its connections.
+fn served_by(s: &Snapshot, pid: Option<u32>) -> u64 {
+    let Some(pid) = pid else { return 0 };
+    s.workers
+        .iter()
+        .filter(|w| w.pid == Some(pid))
+        .map(|w| w.served)
+        .sum()
+}
+
+fn supervised_json(views: &[SlotView], s: &Snapshot) -> serde_json::Value {
+    views
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "slot": v.slot,
+                "pid": v.pid,
+                "age_s": age(v).as_secs_f64(),
+                "served": served_by(s, v.pid),
+                "restarts": v.restarts,
+                "replaced": v.replaced,
+                "last_exit": v.last_exit,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use crate::dispatch::{Dispatcher, Stats};
 use crate::frontend::{self, Activity, FrontSettings};
 use crate::metrics::{Metrics, Page};
 use crate::register::{self, RegisterSettings};
+use crate::supervise::{SlotView, Supervisor};
 use crate::worker::{self, WorkerSettings};
 
 /// A running LB.
@@ -25,6 +26,7 @@ pub struct LbHandle {
     back: Address,
     dispatcher: Arc<Dispatcher>,
     metrics_address: Option<std::net::SocketAddr>,
+    supervisor: Option<Arc<Supervisor>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -48,6 +50,23 @@ impl LbHandle {
     /// Workers taking requests, requests in flight and queued, right now.
     pub fn stats(&self) -> Stats {
         self.dispatcher.stats()
+    }
+
+    /// The supervised workers (`worker_command`), if any.
+    pub fn supervised(&self) -> Vec<SlotView> {
+        self.supervisor
+            .as_ref()
+            .map(|s| s.views())
+            .unwrap_or_default()
+    }
+
+    /// Replaces every supervised worker, one after another, each new one
+    /// connected before its old one stops (`SIGHUP`).
+    pub async fn reload(&self) {
+        match &self.supervisor {
+            Some(s) => s.reload().await,
+            None => tracing::info!("reload: no supervised workers (worker_command is not set)"),
+        }
     }
 
     /// Graceful stop (SPEC §5): leave the registry, serve until no request
@@ -76,17 +95,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
     );
     let metrics = Arc::new(Metrics::default());
     let service_name: Arc<str> = service.as_str().into();
-    let metrics_address = match &config.metrics_address {
-        Some(addr) => {
-            let page = Page::new(service_name.clone(), metrics.clone(), dispatcher.clone());
-            let bound = rpc_config::status_page::start(addr, Arc::new(page))
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?;
-            Some(bound)
-        }
-        None => None,
-    };
-    let (front_settings, worker_settings) = settings(config, service_name, &metrics);
+    let (front_settings, worker_settings) = settings(config, service_name.clone(), &metrics);
     let reg_settings = RegisterSettings {
         endpoint: Endpoint::new(&service, &front_addr.to_string()),
         register_delay: config.register_delay,
@@ -116,6 +125,22 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         &activity,
     );
     let back_loop = accept_workers(back, limit, back_watch, &dispatcher, worker_settings);
+    let supervisor = Supervisor::start(config, &back_addr, dispatcher.clone());
+    let metrics_address = match &config.metrics_address {
+        Some(addr) => {
+            let page = Page::new(
+                service_name,
+                metrics.clone(),
+                dispatcher.clone(),
+                supervisor.clone(),
+            );
+            let bound = rpc_config::status_page::start(addr, Arc::new(page))
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            Some(bound)
+        }
+        None => None,
+    };
     let stopping = Stopping {
         stop: stop_rx,
         registration,
@@ -126,6 +151,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         back: (back_drain, back_loop),
         dispatcher: dispatcher.clone(),
         sweeper,
+        supervisor: supervisor.clone(),
     };
     let task = tokio::spawn(stopping.run());
     Ok(LbHandle {
@@ -133,6 +159,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         back: back_addr,
         dispatcher,
         metrics_address,
+        supervisor,
         stop,
         task,
     })
@@ -237,6 +264,7 @@ struct Stopping {
     back: (drain::Signal, JoinHandle<()>),
     dispatcher: Arc<Dispatcher>,
     sweeper: JoinHandle<()>,
+    supervisor: Option<Arc<Supervisor>>,
 }
 
 impl Stopping {
@@ -265,7 +293,11 @@ impl Stopping {
             let stats = self.dispatcher.stats();
             tracing::warn!(?stats, "stop timeout reached with requests in flight");
         }
-        // 4. Close the workers (they redial whoever listens next).
+        // 4. Stop the workers this LB started (each sends STOP, finishes
+        //    and exits); close the others (they redial whoever listens next).
+        if let Some(supervisor) = &self.supervisor {
+            supervisor.stop().await;
+        }
         let (back, back_loop) = self.back;
         back.start();
         let _ = back_loop.await;

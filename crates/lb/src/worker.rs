@@ -60,6 +60,7 @@ pub async fn serve(
     let peer = stream.peer();
     let (tx, rx) = mpsc::unbounded_channel();
     let counters = Arc::new(WorkerCounters::new(peer.to_string()));
+    find_pid(&stream, &counters);
     let id = dispatcher.add_worker(tx, counters.clone());
     tracing::info!(worker = id, %peer, "worker connected");
     let now = Instant::now();
@@ -109,6 +110,22 @@ pub async fn serve(
         }
     }
     tracing::info!(worker = id, %peer, "worker disconnected");
+}
+
+/// Records the worker's process id: at once on a Unix socket, from `/proc`
+/// (on the blocking pool) for TCP.
+fn find_pid(stream: &Stream, counters: &Arc<WorkerCounters>) {
+    use std::sync::atomic::Ordering;
+    if let Some(pid) = stream.peer_pid() {
+        counters.pid.store(pid, Ordering::Relaxed);
+    } else if let Some((local, peer)) = stream.tcp_addrs() {
+        let counters = counters.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(pid) = rpc_transport::tcp_peer_pid(local, peer) {
+                counters.pid.store(pid, Ordering::Relaxed);
+            }
+        });
+    }
 }
 
 /// Deadlines of the requests in flight, in the order they were written

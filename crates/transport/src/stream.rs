@@ -41,6 +41,23 @@ impl Stream {
         }
     }
 
+    /// The peer's process id, where the kernel tells it (a Unix socket's
+    /// `SO_PEERCRED`); TCP peers are found with [`crate::tcp_peer_pid`].
+    pub fn peer_pid(&self) -> Option<u32> {
+        match self {
+            Stream::Unix(s) => s.peer_cred().ok()?.pid().map(|p| p as u32),
+            Stream::Tcp(_) => None,
+        }
+    }
+
+    /// Local and peer socket addresses of a TCP stream.
+    pub fn tcp_addrs(&self) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+        match self {
+            Stream::Tcp(s) => Some((s.local_addr().ok()?, s.peer_addr().ok()?)),
+            Stream::Unix(_) => None,
+        }
+    }
+
     pub fn peer(&self) -> String {
         match self {
             Stream::Tcp(s) => s

@@ -1,7 +1,10 @@
-//! `rpc-lb -c config.ini`: the load balancer workers dial into.
+//! `rpc-lb -c config.ini`: the load balancer workers dial into (or that
+//! starts them, with `worker_command`). SIGTERM/SIGINT stop it gracefully,
+//! SIGHUP replaces its supervised workers.
 
 use clap::Parser;
 use rpc_config::CommonArgs;
+use tokio::signal::unix::{signal, SignalKind};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -30,7 +33,17 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let registry = rpc_registry::open(&config).await?;
         let lb = rpc_lb::start(&config, registry).await?;
-        rpc_lb::wait_for_signal().await;
+        // SIGHUP replaces the supervised workers, one by one.
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = rpc_lb::wait_for_signal() => break,
+                _ = hup.recv() => tokio::select! {
+                    _ = lb.reload() => {}
+                    _ = rpc_lb::wait_for_signal() => break,
+                },
+            }
+        }
         tracing::info!("stopping: leaving the registry, then finishing requests in flight");
         tokio::select! {
             _ = lb.stop() => {}
