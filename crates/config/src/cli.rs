@@ -44,4 +44,15 @@ impl CommonArgs {
         let config = self.config.as_deref().map(Config::load).transpose()?;
         Ok((config, log))
     }
+
+    /// [`CommonArgs::prepare`] for a server (`rpc-proxy`, `rpc-lb`): the
+    /// defaults without `-c`, and `--profile-address` as `metrics_address`.
+    pub fn server_config(&self) -> Result<(Config, Option<WorkerGuard>), ConfigError> {
+        let (config, log) = self.prepare()?;
+        let mut config = config.unwrap_or_default();
+        if let Some(addr) = &self.profile_address {
+            config.metrics_address = Some(addr.clone());
+        }
+        Ok((config, log))
+    }
 }

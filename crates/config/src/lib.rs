@@ -11,4 +11,4 @@ pub mod status_page;
 pub use cli::CommonArgs;
 pub use ini::{Balance, Config, ConfigError, Dispatch, RegistrySpec};
 pub use logging::init_logging;
-pub use process::{runtime, wait_for_signal, SINGLE_THREAD_MAX_CORES};
+pub use process::{runtime, stop_or_exit, wait_for_signal, SINGLE_THREAD_MAX_CORES};

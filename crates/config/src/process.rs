@@ -34,3 +34,11 @@ pub async fn wait_for_signal() {
         _ = int.recv() => {}
     }
 }
+
+/// Runs a graceful stop; a second SIGTERM/SIGINT meanwhile exits at once.
+pub async fn stop_or_exit(stop: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        _ = stop => {}
+        _ = wait_for_signal() => tracing::warn!("second signal: exiting now"),
+    }
+}

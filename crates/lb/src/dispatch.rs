@@ -27,18 +27,6 @@ use rpc_engine::Failure;
 use crate::metrics::{WorkerCounters, WorkerTotals};
 use crate::reply::ReplyTo;
 
-/// What becomes of a request handed to the dispatcher.
-#[derive(Debug)]
-pub enum Outcome {
-    /// The worker's REPLY or EXCEPTION, seqid already restored to the caller's.
-    Reply(Message),
-    /// An exception instead: [`Failure::TimeoutInQueue`] (the deadline
-    /// passed before it was sent), [`Failure::Timeout`] (sent, no answer
-    /// by the deadline), [`Failure::Rejected`] (the queue is full; never
-    /// sent), [`Failure::Lost`] (its worker's connection failed).
-    Failed(Failure),
-}
-
 /// One request on its way to a worker.
 #[derive(Debug)]
 pub struct Job {
@@ -56,9 +44,9 @@ impl Job {
         now >= self.deadline || self.reply.as_ref().is_some_and(|r| r.is_closed())
     }
 
-    fn answer(self, outcome: Outcome) {
+    fn answer(self, failure: Failure) {
         if let Some(reply) = self.reply {
-            reply.send(outcome);
+            reply.fail(failure);
         }
     }
 }
@@ -238,6 +226,7 @@ impl Dispatcher {
     }
 
     /// Sends the job to a worker, queues it, or answers it at once.
+    #[cfg(test)]
     pub fn submit(&self, job: Job) {
         let mut core = self.lock();
         self.submit_locked(&mut core, job);
@@ -270,9 +259,9 @@ impl Dispatcher {
         };
         if core.queue.len() >= self.queue_size {
             // Answering only queues a message: fine under the lock.
-            job.answer(Outcome::Failed(Failure::Rejected(
+            job.answer(Failure::Rejected(
                 "LB queue full: every worker slot is busy and queue_size requests wait",
-            )));
+            ));
             return;
         }
         let was_empty = core.queue.is_empty();
@@ -315,7 +304,7 @@ impl Dispatcher {
 
     fn finish(expired: Vec<Job>) {
         for job in expired {
-            job.answer(Outcome::Failed(Failure::TimeoutInQueue));
+            job.answer(Failure::TimeoutInQueue);
         }
     }
 
@@ -462,10 +451,10 @@ mod tests {
     }
 
     /// The outcome answered so far, if any.
-    fn outcome(rx: &mut AnswerRx) -> Option<Outcome> {
+    fn outcome(rx: &mut AnswerRx) -> Option<Result<Message, Failure>> {
         match rx.try_recv().ok()? {
-            Answer::Reply(m) => Some(Outcome::Reply(m)),
-            Answer::Error(f) => Some(Outcome::Failed(f.failure)),
+            Answer::Reply(m) => Some(Ok(m)),
+            Answer::Error(f) => Some(Err(f.failure)),
         }
     }
 
@@ -497,7 +486,7 @@ mod tests {
         // The 7th found the queue full.
         assert!(matches!(
             outcome(&mut keep[6]),
-            Some(Outcome::Failed(Failure::Rejected(_)))
+            Some(Err(Failure::Rejected(_)))
         ));
         // A freed slot takes the oldest waiting job.
         d.release(ib, 1);
@@ -527,7 +516,7 @@ mod tests {
         assert_eq!(drain(&mut a), vec![3]);
         assert!(matches!(
             outcome(&mut r1),
-            Some(Outcome::Failed(Failure::TimeoutInQueue))
+            Some(Err(Failure::TimeoutInQueue))
         ));
     }
 

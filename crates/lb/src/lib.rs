@@ -3,35 +3,34 @@
 //! worker with a free slot.
 //!
 //! Request path, top to bottom:
-//! - [`server`]: both listeners, connection limits, graceful stop;
-//! - [`frontend`]: one proxy connection: heartbeats, out-of-order replies,
+//! - `server`: both listeners, connection limits, graceful stop;
+//! - `frontend`: one proxy connection: heartbeats, out-of-order replies,
 //!   backpressure; every answer comes back on one channel per connection
-//!   ([`reply`]), so a request costs no allocation of its own beyond its
+//!   (`reply`), so a request costs no allocation of its own beyond its
 //!   frame;
-//! - [`dispatch`]: least-loaded (or round-robin) choice of worker, the
+//! - `dispatch`: least-loaded (or round-robin) choice of worker, the
 //!   bounded FIFO queue for when every slot is busy;
-//! - [`worker`]: one worker connection: seqid rewrite, batching,
+//! - `worker`: one worker connection: seqid rewrite, batching,
 //!   deadlines of the requests it wrote (one timer per connection),
 //!   heartbeats, lost-worker detection, STOP;
-//! - [`register`]: in the registry only while a worker is connected;
-//! - [`supervise`]: the worker processes the LB starts itself
+//! - `register`: in the registry only while a worker is connected;
+//! - `supervise`: the worker processes the LB starts itself
 //!   (`worker_command`): restarts, recycling, reloads;
-//! - [`metrics`]: the status page on `metrics_address` (Prometheus,
+//! - `metrics`: the status page on `metrics_address` (Prometheus,
 //!   JSON, dashboard) and the cheap counters behind it.
 
-pub mod dispatch;
-pub mod frontend;
-pub mod metrics;
-pub mod register;
-pub mod reply;
-pub mod server;
-pub mod supervise;
-pub mod worker;
+mod dispatch;
+mod frontend;
+mod metrics;
+mod register;
+mod reply;
+mod server;
+mod supervise;
+mod worker;
 
 pub use dispatch::Stats;
-pub use server::{start, LbHandle};
-
-pub use rpc_config::{runtime, wait_for_signal, SINGLE_THREAD_MAX_CORES};
+pub use server::{start, validate, LbHandle};
+pub use supervise::SlotView;
 
 /// Waits until `rx` holds a value satisfying `cond`; `false` if the sender
 /// is gone. Unlike `watch::Receiver::wait_for`, holds no borrow afterwards,

@@ -11,8 +11,6 @@ use rpc_codec::{Message, NameBuf};
 use rpc_engine::Failure;
 use tokio::sync::mpsc;
 
-use crate::dispatch::Outcome;
-
 /// What travels back to a proxy connection.
 #[derive(Debug)]
 pub enum Answer {
@@ -54,11 +52,6 @@ impl ReplyTo {
         }
     }
 
-    /// The caller's seqid.
-    pub fn seqid(&self) -> i32 {
-        self.seqid
-    }
-
     /// Nobody reads answers any more (the proxy connection is gone).
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
@@ -71,15 +64,12 @@ impl ReplyTo {
         let _ = self.tx.send(Answer::Reply(msg));
     }
 
-    /// Delivers an outcome (a reply or a failure).
-    pub fn send(mut self, outcome: Outcome) {
-        match outcome {
-            Outcome::Reply(msg) => self.reply(msg),
-            Outcome::Failed(failure) => self.fail(failure),
-        }
+    /// Answers with an exception instead of a reply.
+    pub fn fail(mut self, failure: Failure) {
+        self.answer_failure(failure);
     }
 
-    fn fail(&mut self, failure: Failure) {
+    fn answer_failure(&mut self, failure: Failure) {
         self.done = true;
         let failed = Failed {
             failure,
@@ -93,7 +83,7 @@ impl ReplyTo {
 impl Drop for ReplyTo {
     fn drop(&mut self) {
         if !self.done {
-            self.fail(Failure::Stopping("the LB"));
+            self.answer_failure(Failure::Stopping("the LB"));
         }
     }
 }

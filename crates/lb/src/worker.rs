@@ -24,7 +24,7 @@ use rpc_transport::Stream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::dispatch::{Dispatcher, Job, Outcome, WorkerId};
+use crate::dispatch::{Dispatcher, Job, WorkerId};
 use crate::metrics::WorkerCounters;
 use crate::reply::ReplyTo;
 
@@ -106,7 +106,7 @@ pub async fn serve(
     };
     for p in hop.pending.drain() {
         if let Some(reply) = p.reply {
-            reply.send(Outcome::Failed(failure.clone()));
+            reply.fail(failure.clone());
         }
     }
     tracing::info!(worker = id, %peer, "worker disconnected");
@@ -163,7 +163,7 @@ impl Deadlines {
                     break;
                 }
                 if let Some(reply) = p.reply.take() {
-                    reply.send(Outcome::Failed(Failure::Timeout));
+                    reply.fail(Failure::Timeout);
                 }
             }
             self.queue.pop_front();
@@ -253,7 +253,7 @@ impl Hop for WorkerConn<'_> {
         } = job;
         match reply {
             Some(reply) if reply.is_closed() || cx.now() >= deadline => {
-                reply.send(Outcome::Failed(Failure::TimeoutInQueue));
+                reply.fail(Failure::TimeoutInQueue);
                 self.freed += 1;
             }
             Some(reply) => {

@@ -22,5 +22,3 @@ mod routes;
 mod server;
 
 pub use server::{start, ProxyHandle};
-
-pub use rpc_config::{runtime, wait_for_signal};

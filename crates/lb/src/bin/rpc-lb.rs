@@ -21,15 +21,10 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let (config, _log) = args.common.prepare()?;
-    let mut config = config.unwrap_or_default();
-    if let Some(addr) = &args.common.profile_address {
-        config.metrics_address = Some(addr.clone());
-    }
+    let (config, _log) = Args::parse().common.server_config()?;
     // Configuration errors before anything connects anywhere.
-    rpc_lb::server::validate(&config)?;
-    let rt = rpc_lb::runtime(config.threads)?;
+    rpc_lb::validate(&config)?;
+    let rt = rpc_config::runtime(config.threads)?;
     rt.block_on(async {
         let registry = rpc_registry::open(&config).await?;
         let lb = rpc_lb::start(&config, registry).await?;
@@ -37,18 +32,15 @@ fn main() -> anyhow::Result<()> {
         let mut hup = signal(SignalKind::hangup())?;
         loop {
             tokio::select! {
-                _ = rpc_lb::wait_for_signal() => break,
+                _ = rpc_config::wait_for_signal() => break,
                 _ = hup.recv() => tokio::select! {
                     _ = lb.reload() => {}
-                    _ = rpc_lb::wait_for_signal() => break,
+                    _ = rpc_config::wait_for_signal() => break,
                 },
             }
         }
         tracing::info!("stopping: leaving the registry, then finishing requests in flight");
-        tokio::select! {
-            _ = lb.stop() => {}
-            _ = rpc_lb::wait_for_signal() => tracing::warn!("second signal: exiting now"),
-        }
+        rpc_config::stop_or_exit(lb.stop()).await;
         Ok(())
     })
 }

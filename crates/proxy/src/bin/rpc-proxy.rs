@@ -18,25 +18,17 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let (config, _log) = args.common.prepare()?;
-    let mut config = config.unwrap_or_default();
-    if let Some(addr) = &args.common.profile_address {
-        config.metrics_address = Some(addr.clone());
-    }
+    let (mut config, _log) = Args::parse().common.server_config()?;
     if config.proxy_address.is_empty() {
         config.proxy_address = vec!["127.0.0.1:5550".parse().expect("valid address")];
     }
-    let rt = rpc_proxy::runtime(config.threads)?;
+    let rt = rpc_config::runtime(config.threads)?;
     rt.block_on(async {
         let registry = rpc_registry::open(&config).await?;
         let proxy = rpc_proxy::start(&config, registry).await?;
-        rpc_proxy::wait_for_signal().await;
+        rpc_config::wait_for_signal().await;
         tracing::info!("stopping: finishing requests in flight");
-        tokio::select! {
-            _ = proxy.shutdown() => {}
-            _ = rpc_proxy::wait_for_signal() => tracing::warn!("second signal: exiting now"),
-        }
+        rpc_config::stop_or_exit(proxy.shutdown()).await;
         Ok(())
     })
 }
