@@ -93,9 +93,13 @@ pub async fn serve(
     hop.rx.close();
     let unsent = std::iter::from_fn(|| hop.rx.try_recv().ok()).collect();
     dispatcher.requeue(id, unsent);
-    eprintln!("DEBUG worker end {end:?} pending {}", hop.pending.len());
     let failure = match end {
         End::Closed => Failure::Stopping("the LB"),
+        // Announced STOP, answered everything, closed: a graceful end.
+        End::Lost(cause) if hop.stopping && hop.pending.is_empty() => Failure::Lost {
+            peer: peer.as_str().into(),
+            cause,
+        },
         End::Lost(cause) => {
             tracing::warn!(worker = id, %peer, %cause, "worker lost");
             Failure::Lost {
