@@ -22,6 +22,7 @@
 mod dispatch;
 mod frontend;
 mod metrics;
+mod procfs;
 mod register;
 mod reply;
 mod server;

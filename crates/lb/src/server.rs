@@ -17,7 +17,7 @@ use crate::dispatch::{Dispatcher, Stats};
 use crate::frontend::{self, Activity, FrontSettings};
 use crate::metrics::{Metrics, Page};
 use crate::register::{self, RegisterSettings};
-use crate::supervise::{SlotView, Supervisor};
+use crate::supervise::{Children, SlotView, Supervisor};
 use crate::worker::{self, WorkerSettings};
 
 /// A running LB.
@@ -95,7 +95,10 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
     );
     let metrics = Arc::new(Metrics::default());
     let service_name: Arc<str> = service.as_str().into();
-    let (front_settings, worker_settings) = settings(config, service_name.clone(), &metrics);
+    let supervisor = Supervisor::new(config, &back_addr);
+    let children = supervisor.as_ref().map(|s| s.children());
+    let (front_settings, worker_settings) =
+        settings(config, service_name.clone(), &metrics, children);
     let reg_settings = RegisterSettings {
         endpoint: Endpoint::new(&service, &front_addr.to_string()),
         register_delay: config.register_delay,
@@ -125,7 +128,6 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         &activity,
     );
     let back_loop = accept_workers(back, limit, back_watch, &dispatcher, worker_settings);
-    let supervisor = Supervisor::start(config, &back_addr, dispatcher.clone());
     let metrics_address = match &config.metrics_address {
         Some(addr) => {
             let page = Page::new(
@@ -141,6 +143,10 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         }
         None => None,
     };
+    // Workers last: once nothing can fail any more, so none is left behind.
+    if let Some(s) = &supervisor {
+        s.start(dispatcher.clone());
+    }
     let stopping = Stopping {
         stop: stop_rx,
         registration,
@@ -218,6 +224,7 @@ fn settings(
     config: &Config,
     service: Arc<str>,
     metrics: &Arc<Metrics>,
+    children: Option<Arc<Children>>,
 ) -> (Arc<FrontSettings>, Arc<WorkerSettings>) {
     let front = FrontSettings {
         service,
@@ -232,6 +239,7 @@ fn settings(
         heartbeat_interval: config.heartbeat_interval,
         heartbeat_timeout: config.heartbeat_timeout,
         rpc_timeout: config.rpc_timeout,
+        children,
     };
     (Arc::new(front), Arc::new(worker))
 }

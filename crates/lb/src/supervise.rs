@@ -3,8 +3,10 @@
 //! for web workers. Workers that dial in by themselves are served as ever.
 //!
 //! - Each worker gets `RPC_BACK_ADDRESS` (where the LB listens for
-//!   workers) and `RPC_WORKER_POOL_SIZE` in its environment, and dies with
-//!   the LB (`PR_SET_PDEATHSIG`).
+//!   workers) and `RPC_WORKER_POOL_SIZE` in its environment, runs in a
+//!   process group of its own (a terminal's Ctrl-C reaches the LB alone,
+//!   which stops the workers after its drain), and dies with the LB
+//!   (`PR_SET_PDEATHSIG`).
 //! - One task per slot: a worker that exits is logged with its status and
 //!   started again, at once if it had run for a while, else after a delay
 //!   that doubles from `worker_restart_backoff` up to 30 s.
@@ -14,10 +16,14 @@
 //!   (SIGTERM: it sends STOP, the LB sends it nothing new, it finishes what
 //!   it has and exits), so no call fails.
 //! - A worker's connection is matched to its process by the peer's pid
-//!   (`SO_PEERCRED` on a Unix back address, `/proc` for TCP).
+//!   (`SO_PEERCRED` on a Unix back address; for TCP, the connection's
+//!   socket among the supervised processes' descriptors in `/proc`). So
+//!   the command must become the worker: a wrapper script `exec`s it.
 
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +36,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::dispatch::Dispatcher;
+use crate::metrics::WorkerCounters;
 
 /// Longest delay between restarts of a worker that keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -37,6 +44,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// How often a slot looks at its worker's call count.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How often a replacement is looked for among the connected workers.
+const CONNECTED_CHECK: Duration = Duration::from_millis(20);
 /// How long a new worker may take to connect before the replacement is
 /// given up (the old one keeps serving).
 const CONNECT_WITHIN: Duration = Duration::from_secs(30);
@@ -66,6 +75,61 @@ pub struct SlotView {
     pub last_exit: Option<String>,
 }
 
+/// The pids of the worker processes the LB started and has not reaped,
+/// among which a TCP worker connection's process is looked for.
+#[derive(Debug, Default)]
+pub struct Children {
+    pids: Mutex<Vec<u32>>,
+}
+
+impl Children {
+    fn pids(&self) -> Vec<u32> {
+        self.pids.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn add(&self, pid: u32) {
+        self.pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pid);
+    }
+
+    fn remove(&self, pid: u32) {
+        self.pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&p| p != pid);
+    }
+
+    /// Looks for the process at the other end of the TCP connection
+    /// `local` ↔ `peer` among the children (in `/proc`, on the blocking
+    /// pool) and records it in `counters`. Tried a few times: a worker may
+    /// dial in before its pid is listed here.
+    pub fn find_tcp_peer(
+        self: &Arc<Self>,
+        local: SocketAddr,
+        peer: SocketAddr,
+        counters: Arc<WorkerCounters>,
+    ) {
+        let children = self.clone();
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                let pids = children.pids();
+                let found = tokio::task::spawn_blocking(move || {
+                    crate::procfs::tcp_peer_pid(local, peer, &pids)
+                })
+                .await;
+                if let Ok(Some(pid)) = found {
+                    counters.pid.store(pid, Ordering::Relaxed);
+                    tracing::debug!(%peer, pid, "worker connection's process found");
+                    return;
+                }
+                sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+}
+
 enum Command_ {
     /// Start a new worker, then stop the current one; answer when done.
     Replace(oneshot::Sender<()>),
@@ -75,19 +139,21 @@ enum Command_ {
 
 /// The supervisor of one LB's workers.
 pub struct Supervisor {
+    settings: Arc<Settings>,
+    children: Arc<Children>,
     slots: Vec<mpsc::UnboundedSender<Command_>>,
+    /// The slots' ends of their command channels, until [`Self::start`].
+    inboxes: Mutex<Vec<mpsc::UnboundedReceiver<Command_>>>,
     views: Arc<Mutex<Vec<SlotView>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Supervisor {
-    /// Starts `worker_count` workers (one per CPU when 0), if the
-    /// configuration has a `worker_command`.
-    pub fn start(
-        config: &Config,
-        back: &Address,
-        dispatcher: Arc<Dispatcher>,
-    ) -> Option<Arc<Supervisor>> {
+    /// A supervisor of `worker_count` workers (one per CPU when 0) that
+    /// dial `back` (the LB's resolved worker address), if the
+    /// configuration has a `worker_command`. Nothing runs before
+    /// [`Self::start`].
+    pub fn new(config: &Config, back: &Address) -> Option<Arc<Supervisor>> {
         let argv = config.worker_command.clone()?;
         let count = match config.worker_count {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -101,33 +167,48 @@ impl Supervisor {
             backoff: config.worker_restart_backoff,
             stop_timeout: config.stop_timeout,
         });
-        tracing::info!(command = ?settings.argv, count, "supervising workers");
-        let views = Arc::new(Mutex::new(
-            (0..count)
-                .map(|slot| SlotView {
-                    slot,
-                    ..SlotView::default()
-                })
-                .collect(),
-        ));
-        let mut slots = Vec::new();
-        let mut tasks = Vec::new();
-        for slot in 0..count {
-            let (tx, rx) = mpsc::unbounded_channel();
+        let views = (0..count)
+            .map(|slot| SlotView {
+                slot,
+                ..SlotView::default()
+            })
+            .collect();
+        let (slots, inboxes) = (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+        Some(Arc::new(Supervisor {
+            settings,
+            children: Arc::default(),
+            slots,
+            inboxes: Mutex::new(inboxes),
+            views: Arc::new(Mutex::new(views)),
+            tasks: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// The processes started and not reaped yet.
+    pub fn children(&self) -> Arc<Children> {
+        self.children.clone()
+    }
+
+    /// Starts the workers, one task per slot keeping one running.
+    ///
+    /// `PR_SET_PDEATHSIG` fires when the *thread* that started a worker
+    /// ends, so workers are only ever started from these tasks, which run
+    /// on the runtime's own threads (they last as long as the LB), never
+    /// on the blocking pool (whose threads come and go).
+    pub fn start(&self, dispatcher: Arc<Dispatcher>) {
+        let inboxes = std::mem::take(&mut *self.inboxes.lock().unwrap_or_else(|e| e.into_inner()));
+        tracing::info!(command = ?self.settings.argv, count = inboxes.len(), "supervising workers");
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        for (slot, inbox) in inboxes.into_iter().enumerate() {
             let s = Slot {
                 slot,
-                settings: settings.clone(),
-                views: views.clone(),
+                settings: self.settings.clone(),
+                views: self.views.clone(),
+                children: self.children.clone(),
                 dispatcher: dispatcher.clone(),
             };
-            tasks.push(tokio::spawn(s.run(rx)));
-            slots.push(tx);
+            tasks.push(tokio::spawn(s.run(inbox)));
         }
-        Some(Arc::new(Supervisor {
-            slots,
-            views,
-            tasks: Mutex::new(tasks),
-        }))
     }
 
     pub fn views(&self) -> Vec<SlotView> {
@@ -167,59 +248,81 @@ impl Supervisor {
     }
 }
 
+/// A worker process the LB started.
+struct Worker {
+    child: Child,
+    /// Kept: `Child::id` forgets it once the process is reaped.
+    pid: u32,
+    started: Instant,
+}
+
 /// One slot: keeps one worker running.
 struct Slot {
     slot: usize,
     settings: Arc<Settings>,
     views: Arc<Mutex<Vec<SlotView>>>,
+    children: Arc<Children>,
     dispatcher: Arc<Dispatcher>,
 }
 
 impl Slot {
     async fn run(self, mut commands: mpsc::UnboundedReceiver<Command_>) {
+        // Delay before the next restart of a worker that exits young.
         let mut backoff = self.settings.backoff;
         loop {
-            let Some(mut child) = self.spawn_retrying(&mut backoff, &mut commands).await else {
+            let Some(mut worker) = self.spawn_retrying(&mut backoff, &mut commands).await else {
                 return;
             };
-            let mut started = Instant::now();
             let mut limit = self.request_limit();
+            // A replacement that failed is tried again after a delay of its
+            // own, not at every look.
+            let mut replace_backoff = self.settings.backoff;
+            let mut next_try = Instant::now();
             let mut tick = tokio::time::interval(CHECK_EVERY);
             loop {
                 tokio::select! {
-                    status = child.wait() => {
-                        let ran = started.elapsed();
-                        self.exited(&child, status, ran, backoff);
-                        if ran >= HEALTHY_AFTER {
+                    status = worker.child.wait() => {
+                        let ran = worker.started.elapsed();
+                        self.children.remove(worker.pid);
+                        let delay = if ran >= HEALTHY_AFTER {
                             backoff = self.settings.backoff;
+                            Duration::ZERO
                         } else {
-                            let delay = backoff;
+                            let d = backoff;
                             backoff = (backoff * 2).min(MAX_BACKOFF);
-                            if self.wait_or_stop(delay, &mut commands).await {
-                                return;
-                            }
+                            d
+                        };
+                        self.exited(worker.pid, status, ran, delay);
+                        if !delay.is_zero() && self.wait_or_stop(delay, &mut commands).await {
+                            return;
                         }
                         break;
                     }
                     cmd = commands.recv() => match cmd {
                         Some(Command_::Replace(done)) => {
-                            child = self.replace(child).await;
-                            (started, limit) = (Instant::now(), self.request_limit());
+                            if self.replace(&mut worker).await {
+                                limit = self.request_limit();
+                            }
                             let _ = done.send(());
                         }
                         Some(Command_::Stop(done)) => {
-                            self.stop_child(child).await;
+                            self.stop_worker(worker).await;
                             let _ = done.send(());
                             return;
                         }
                         None => return,
                     },
                     _ = tick.tick(), if limit.is_some() => {
-                        let served = self.served(child.id());
-                        if limit.is_some_and(|l| served >= l) {
-                            tracing::info!(slot = self.slot, pid = child.id(), served, "worker reached worker_max_requests: replacing it");
-                            child = self.replace(child).await;
-                            (started, limit) = (Instant::now(), self.request_limit());
+                        let served = self.dispatcher.process(worker.pid).served;
+                        if limit.is_some_and(|l| served >= l) && Instant::now() >= next_try {
+                            tracing::info!(slot = self.slot, pid = worker.pid, served, "worker reached worker_max_requests: replacing it");
+                            if self.replace(&mut worker).await {
+                                limit = self.request_limit();
+                                replace_backoff = self.settings.backoff;
+                            } else {
+                                next_try = Instant::now() + replace_backoff;
+                                replace_backoff = (replace_backoff * 2).min(MAX_BACKOFF);
+                            }
                         }
                     }
                 }
@@ -233,28 +336,43 @@ impl Slot {
         (max > 0).then(|| max + rand::thread_rng().gen_range(0..=max / 10))
     }
 
-    fn spawn(&self) -> std::io::Result<Child> {
+    fn spawn(&self) -> std::io::Result<Worker> {
         let s = &self.settings;
         let mut cmd = Command::new(&s.argv[0]);
         cmd.args(&s.argv[1..])
             .env("RPC_BACK_ADDRESS", &s.back_address)
             .env("RPC_WORKER_POOL_SIZE", s.pool_size.to_string())
             .stdin(Stdio::null())
+            // A process group of its own: a terminal's Ctrl-C (SIGINT to the
+            // foreground group) reaches the LB alone, which drains and only
+            // then stops its workers.
+            .process_group(0)
             .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe; nothing else runs in the child
-        // between fork and exec.
+        let lb = std::process::id();
+        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs
+        // in the child between fork and exec.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 // The worker gets SIGTERM when the LB dies, however it dies.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // The LB died before that was set: nobody would tell us.
+                if libc::getppid() as u32 != lb {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 Ok(())
             });
         }
         let child = cmd.spawn()?;
-        tracing::info!(slot = self.slot, pid = child.id(), "worker started");
-        Ok(child)
+        let pid = child.id().expect("a process just started has a pid");
+        self.children.add(pid);
+        tracing::info!(slot = self.slot, pid, "worker started");
+        Ok(Worker {
+            child,
+            pid,
+            started: Instant::now(),
+        })
     }
 
     /// A started worker; `None` when told to stop meanwhile.
@@ -262,15 +380,15 @@ impl Slot {
         &self,
         backoff: &mut Duration,
         commands: &mut mpsc::UnboundedReceiver<Command_>,
-    ) -> Option<Child> {
+    ) -> Option<Worker> {
         loop {
             match self.spawn() {
-                Ok(c) => {
+                Ok(w) => {
                     self.update(|v| {
-                        v.pid = c.id();
-                        v.started = Some(Instant::now());
+                        v.pid = Some(w.pid);
+                        v.started = Some(w.started);
                     });
-                    return Some(c);
+                    return Some(w);
                 }
                 Err(e) => {
                     tracing::error!(slot = self.slot, command = ?self.settings.argv, error = %e, retry_in = ?backoff, "cannot start worker");
@@ -295,6 +413,7 @@ impl Slot {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return false,
                 cmd = commands.recv() => match cmd {
+                    // Nothing to replace: a new worker starts after the delay.
                     Some(Command_::Replace(done)) => { let _ = done.send(()); }
                     Some(Command_::Stop(done)) => { let _ = done.send(()); return true; }
                     None => return true,
@@ -305,18 +424,13 @@ impl Slot {
 
     fn exited(
         &self,
-        child: &Child,
+        pid: u32,
         status: std::io::Result<ExitStatus>,
         ran: Duration,
-        backoff: Duration,
+        delay: Duration,
     ) {
         let how = describe(status);
-        let restart_in = if ran >= HEALTHY_AFTER {
-            Duration::ZERO
-        } else {
-            backoff
-        };
-        tracing::warn!(slot = self.slot, pid = child.id(), status = %how, ran = ?ran, ?restart_in, "worker exited; restarting it");
+        tracing::warn!(slot = self.slot, pid, status = %how, ran = ?ran, restart_in = ?delay, "worker {pid} exited ({how}); restarting it");
         self.update(|v| {
             v.pid = None;
             v.restarts += 1;
@@ -324,62 +438,72 @@ impl Slot {
         });
     }
 
-    /// Starts a new worker, waits until it serves, then stops `old`. If the
-    /// new one cannot start or connect, `old` is kept.
-    async fn replace(&self, old: Child) -> Child {
+    /// Starts a new worker, waits until it serves, puts it in `current`'s
+    /// place and stops the old one gracefully: true. If the new one cannot
+    /// start or connect, the old one keeps serving: false.
+    async fn replace(&self, current: &mut Worker) -> bool {
         let mut new = match self.spawn() {
-            Ok(c) => c,
+            Ok(w) => w,
             Err(e) => {
                 tracing::error!(slot = self.slot, error = %e, "cannot start a replacement; keeping the old worker");
-                return old;
+                return false;
             }
         };
-        let new_pid = new.id();
         let connected = timeout(CONNECT_WITHIN, async {
             loop {
-                if new_pid.is_some_and(|p| self.serving(p)) {
-                    return true;
+                if self.dispatcher.process(new.pid).serving {
+                    return Ok(());
                 }
                 tokio::select! {
-                    _ = sleep(Duration::from_millis(20)) => {}
-                    _ = new.wait() => return false,
+                    _ = sleep(CONNECTED_CHECK) => {}
+                    status = new.child.wait() => return Err(describe(status)),
                 }
             }
         })
         .await
-        .unwrap_or(false);
-        if !connected {
+        .unwrap_or_else(|_| Err(format!("not connected within {CONNECT_WITHIN:?}")));
+        if let Err(why) = connected {
+            // Its pid must be the one that dials in: a wrapper script must
+            // `exec` the worker.
             tracing::error!(
                 slot = self.slot,
-                pid = new_pid,
-                "replacement did not connect; keeping the old worker"
+                pid = new.pid,
+                why,
+                "replacement did not connect to the LB (does the command exec the worker itself?); keeping the old worker"
             );
-            self.stop_child(new).await;
-            return old;
+            self.stop_worker(new).await;
+            return false;
         }
         tracing::info!(
             slot = self.slot,
-            old = old.id(),
-            new = new_pid,
+            old = current.pid,
+            new = new.pid,
             "replacement connected; stopping the old worker"
         );
-        self.stop_child(old).await;
+        let (pid, started) = (new.pid, new.started);
+        let old = std::mem::replace(current, new);
+        self.stop_worker(old).await;
         self.update(|v| {
-            v.pid = new_pid;
-            v.started = Some(Instant::now());
+            v.pid = Some(pid);
+            v.started = Some(started);
             v.replaced += 1;
         });
-        new
+        true
     }
 
-    /// SIGTERM, then up to `stop_timeout` to exit, then SIGKILL.
-    async fn stop_child(&self, mut child: Child) {
-        let pid = child.id();
-        if let Some(p) = pid {
-            // SAFETY: signalling a child we own and have not reaped.
-            unsafe { libc::kill(p as libc::pid_t, libc::SIGTERM) };
+    /// SIGTERM, then up to `stop_timeout` to exit, then SIGKILL (to its
+    /// whole process group).
+    async fn stop_worker(&self, mut w: Worker) {
+        let pid = w.pid;
+        // Once reaped, its pid may be another process's: no signal then.
+        if let Ok(Some(status)) = w.child.try_wait() {
+            self.children.remove(pid);
+            tracing::info!(slot = self.slot, pid, status = %describe(Ok(status)), "worker had exited");
+            return;
         }
-        let status = match timeout(self.settings.stop_timeout, child.wait()).await {
+        // SAFETY: signalling a child we own and have not reaped.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let status = match timeout(self.settings.stop_timeout, w.child.wait()).await {
             Ok(s) => s,
             Err(_) => {
                 tracing::warn!(
@@ -387,27 +511,14 @@ impl Slot {
                     pid,
                     "worker did not stop in time: killing it"
                 );
-                let _ = child.kill().await;
-                child.wait().await
+                // SAFETY: its group is its own (process_group(0) at start).
+                unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+                let _ = w.child.kill().await;
+                w.child.wait().await
             }
         };
+        self.children.remove(pid);
         tracing::info!(slot = self.slot, pid, status = %describe(status), "worker stopped");
-    }
-
-    /// Calls answered by the worker process `pid`, over its connections.
-    fn served(&self, pid: Option<u32>) -> u64 {
-        let Some(pid) = pid else { return 0 };
-        let s = self.dispatcher.snapshot();
-        s.workers
-            .iter()
-            .filter(|w| w.pid == Some(pid))
-            .map(|w| w.served)
-            .sum()
-    }
-
-    fn serving(&self, pid: u32) -> bool {
-        let s = self.dispatcher.snapshot();
-        s.workers.iter().any(|w| w.pid == Some(pid) && w.serving)
     }
 
     fn update(&self, f: impl FnOnce(&mut SlotView)) {
@@ -441,6 +552,13 @@ fn signal_name(sig: i32) -> &'static str {
         libc::SIGSEGV => "SIGSEGV",
         libc::SIGPIPE => "SIGPIPE",
         libc::SIGTERM => "SIGTERM",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
         _ => "?",
     }
 }

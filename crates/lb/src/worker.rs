@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use crate::dispatch::{Dispatcher, Job, WorkerId};
 use crate::metrics::WorkerCounters;
 use crate::reply::ReplyTo;
+use crate::supervise::Children;
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -35,6 +36,9 @@ pub struct WorkerSettings {
     pub heartbeat_timeout: Duration,
     /// A request arrived `rpc_timeout` before its deadline (for latency).
     pub rpc_timeout: Duration,
+    /// The supervised workers (`worker_command`), among which a TCP
+    /// connection's process is looked for.
+    pub children: Option<Arc<Children>>,
 }
 
 /// A request written to the worker: its slot is taken until the worker
@@ -60,9 +64,12 @@ pub async fn serve(
     let peer = stream.peer();
     let (tx, rx) = mpsc::unbounded_channel();
     let counters = Arc::new(WorkerCounters::new(peer.to_string()));
-    find_pid(&stream, &counters);
+    find_pid(&stream, &counters, settings.children.as_ref());
     let id = dispatcher.add_worker(tx, counters.clone());
-    tracing::info!(worker = id, %peer, "worker connected");
+    match counters.pid.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => tracing::info!(worker = id, %peer, "worker connected"),
+        pid => tracing::info!(worker = id, %peer, pid, "worker connected"),
+    }
     let now = Instant::now();
     let mut hop = WorkerConn {
         id,
@@ -116,19 +123,15 @@ pub async fn serve(
     tracing::info!(worker = id, %peer, "worker disconnected");
 }
 
-/// Records the worker's process id: at once on a Unix socket, from `/proc`
-/// (on the blocking pool) for TCP.
-fn find_pid(stream: &Stream, counters: &Arc<WorkerCounters>) {
-    use std::sync::atomic::Ordering;
+/// Records the worker's process id: at once on a Unix socket
+/// (`SO_PEERCRED`); for TCP, from `/proc` among the supervised workers.
+fn find_pid(stream: &Stream, counters: &Arc<WorkerCounters>, children: Option<&Arc<Children>>) {
     if let Some(pid) = stream.peer_pid() {
-        counters.pid.store(pid, Ordering::Relaxed);
-    } else if let Some((local, peer)) = stream.tcp_addrs() {
-        let counters = counters.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Some(pid) = rpc_transport::tcp_peer_pid(local, peer) {
-                counters.pid.store(pid, Ordering::Relaxed);
-            }
-        });
+        counters
+            .pid
+            .store(pid, std::sync::atomic::Ordering::Relaxed);
+    } else if let (Some((local, peer)), Some(children)) = (stream.tcp_addrs(), children) {
+        children.find_tcp_peer(local, peer, counters.clone());
     }
 }
 

@@ -2,13 +2,11 @@
 //! filesystem path (Unix domain socket), and every hop carries frames.
 
 mod address;
-mod procfs;
 mod reader;
 mod stream;
 mod writer;
 
 pub use address::Address;
-pub use procfs::tcp_peer_pid;
 pub use reader::FrameReader;
 pub use stream::{Listener, ReadHalf, Stream, WriteHalf};
 pub use writer::FrameWriter;

@@ -42,7 +42,7 @@ impl Stream {
     }
 
     /// The peer's process id, where the kernel tells it (a Unix socket's
-    /// `SO_PEERCRED`); TCP peers are found with [`crate::tcp_peer_pid`].
+    /// `SO_PEERCRED`); a TCP peer's is not known here.
     pub fn peer_pid(&self) -> Option<u32> {
         match self {
             Stream::Unix(s) => s.peer_cred().ok()?.pid().map(|p| p as u32),

@@ -1,36 +1,30 @@
-//! Which local process is at the other end of a loopback TCP connection,
-//! from `/proc` (Linux): the peer's socket is the one whose local address
-//! is our peer address; its inode names it among the processes' open
-//! descriptors. Reads files: call it off the async runtime's threads.
+//! Which of the LB's own worker processes is at the other end of a TCP
+//! connection, from `/proc` (Linux): the peer's socket is the one whose
+//! local address is our peer address in `/proc/net/tcp{,6}`; its inode
+//! names it among a candidate process's open descriptors. Only the
+//! candidates (the supervised workers) are looked at, never every process
+//! on the machine. Reads files: call it off the async runtime's threads.
 
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// The pid holding the other end of the TCP connection `local` ↔ `peer`,
-/// if that process is on this machine and its `/proc` is readable.
-pub fn tcp_peer_pid(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
+/// The pid among `candidates` holding the other end of the TCP connection
+/// `local` ↔ `peer`, if there is one and its `/proc` is readable.
+pub fn tcp_peer_pid(local: SocketAddr, peer: SocketAddr, candidates: &[u32]) -> Option<u32> {
+    if candidates.is_empty() {
+        return None;
+    }
     let inode = ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .find_map(|table| socket_inode(Path::new(table), peer, local))?;
     let target = format!("socket:[{inode}]");
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
+    candidates.iter().copied().find(|pid| {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return false;
         };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()) {
-                return Some(pid);
-            }
-        }
-    }
-    None
+        fds.flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()))
+    })
 }
 
 /// The inode of the socket with this local and remote address in a
@@ -66,13 +60,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_this_process_at_the_other_end_of_a_loopback_connection() {
+    fn finds_the_candidate_at_the_other_end_of_a_loopback_connection() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, peer) = l.accept().unwrap();
         assert_eq!(peer, c.local_addr().unwrap());
-        let found = tcp_peer_pid(s.local_addr().unwrap(), peer);
-        assert_eq!(found, Some(std::process::id()));
+        let me = std::process::id();
+        let local = s.local_addr().unwrap();
+        assert_eq!(tcp_peer_pid(local, peer, &[1, me]), Some(me));
+        // Not among the candidates: not looked for elsewhere.
+        assert_eq!(tcp_peer_pid(local, peer, &[]), None);
+        assert_eq!(tcp_peer_pid(local, peer, &[u32::MAX]), None);
     }
 
     #[test]
