@@ -346,3 +346,24 @@ async fn worker_redials_after_missing_heartbeats() {
     second.call(Method::Echo, 9, 0).await;
     assert_eq!(second.recv().await.seqid(), 9);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_started_by_a_supervising_lb_dials_the_address_in_its_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let back = dir.path().join("back.sock");
+    let l = Listener::bind(&Address::Unix(back.clone())).await.unwrap();
+    let _p = Proc(
+        Command::new(SERVER)
+            .env("RPC_BACK_ADDRESS", &back)
+            .env("RPC_WORKER_POOL_SIZE", "2")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lb = Lb::accept(&l).await;
+    // Two slots: the echo is answered while the long sleep holds the other.
+    lb.call(Method::Sleep, 1, 60_000).await;
+    lb.call(Method::Echo, 2, 0).await;
+    let first = lb.recv().await;
+    assert_eq!((first.seqid(), first.name()), (2, &b"echo"[..]));
+}

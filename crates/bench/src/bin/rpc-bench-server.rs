@@ -9,7 +9,8 @@
 //! - `--worker BACK_ADDRESS` dials an `rpc-lb` as `--workers` SDK workers
 //!   (SPEC §5), each serving up to `--pool-size` calls at once; SIGTERM
 //!   sends `STOP`, waits for the confirmation and the calls in flight, and
-//!   exits.
+//!   exits. Started by an `rpc-lb` (`worker_command`) with neither flag,
+//!   it dials `RPC_BACK_ADDRESS` with `RPC_WORKER_POOL_SIZE` slots.
 
 use std::time::Duration;
 
@@ -31,15 +32,18 @@ struct Args {
     /// Serve on this address (repeatable); default: the config's front address.
     #[arg(long)]
     listen: Vec<Address>,
-    /// Dial this LB back address as a worker instead of listening.
+    /// Dial this LB back address as a worker instead of listening
+    /// (default without --listen: $RPC_BACK_ADDRESS, set by a supervising
+    /// rpc-lb, else the config's back_address).
     #[arg(long, value_name = "BACK_ADDRESS")]
     worker: Option<Address>,
     /// Worker connections this process opens (each one a worker).
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// Calls served at once per connection. Worker: later calls queue
-    /// (default: the config's worker_pool_size, else 1). Listening: later
-    /// calls wait unread (default: the config's max_inflight, 1024).
+    /// (default: $RPC_WORKER_POOL_SIZE, the config's worker_pool_size, else
+    /// 1). Listening: later calls wait unread (default: the config's
+    /// max_inflight, 1024).
     #[arg(long)]
     pool_size: Option<usize>,
     /// Service name to register (default: the config's `service`, else `bench`).
@@ -71,13 +75,12 @@ fn main() -> anyhow::Result<()> {
     rpc_bench::raise_nofile_limit();
     let rt = rpc_bench::runtime(args.threads)?;
     rt.block_on(async move {
-        match args.worker.clone().or_else(|| {
-            // A configuration with back_address and no listen address means worker mode.
-            config
-                .as_ref()
-                .filter(|_| args.listen.is_empty())
-                .and_then(|c| c.back_address.clone())
-        }) {
+        let back = match &args.worker {
+            Some(a) => Some(a.clone()),
+            None if args.listen.is_empty() => implied_back_address(config.as_ref())?,
+            None => None,
+        };
+        match back {
             Some(back) => worker_mode(args, config, back).await,
             None => listen_mode(args, config).await,
         }
@@ -134,9 +137,40 @@ async fn listen_mode(args: Args, config: Option<Config>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a supervising `rpc-lb` (`worker_command`) tells its workers to
+/// dial, and how many calls each may serve at once.
+const ENV_BACK_ADDRESS: &str = "RPC_BACK_ADDRESS";
+const ENV_POOL_SIZE: &str = "RPC_WORKER_POOL_SIZE";
+
+/// A variable's value, unless unset or empty.
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Worker mode without `--worker` or `--listen`: the supervising LB's
+/// address, else the configuration's `back_address`.
+fn implied_back_address(config: Option<&Config>) -> anyhow::Result<Option<Address>> {
+    match env_var(ENV_BACK_ADDRESS) {
+        Some(a) => a
+            .parse()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{ENV_BACK_ADDRESS}={a:?}: {e}")),
+        None => Ok(config.and_then(|c| c.back_address.clone())),
+    }
+}
+
 async fn worker_mode(args: Args, config: Option<Config>, back: Address) -> anyhow::Result<()> {
+    let env_pool = match env_var(ENV_POOL_SIZE) {
+        Some(v) => Some(
+            v.trim()
+                .parse::<usize>()
+                .map_err(|e| anyhow::anyhow!("{ENV_POOL_SIZE}={v:?}: {e}"))?,
+        ),
+        None => None,
+    };
     let pool = args
         .pool_size
+        .or(env_pool)
         .or(config.as_ref().map(|c| c.worker_pool_size))
         .unwrap_or(1);
     anyhow::ensure!(pool >= 1, "--pool-size must be at least 1");
