@@ -99,11 +99,6 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
     let children = supervisor.as_ref().map(|s| s.children());
     let (front_settings, worker_settings) =
         settings(config, service_name.clone(), &metrics, children);
-    let reg_settings = RegisterSettings {
-        endpoint: Endpoint::new(&service, &front_addr.to_string()),
-        register_delay: config.register_delay,
-        no_worker_grace: config.no_worker_grace,
-    };
 
     let (stop, stop_rx) = watch::channel(false);
     let (front_drain, front_watch) = drain::channel();
@@ -111,13 +106,8 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
     let activity = Arc::new(Activity::new());
 
     let sweeper = tokio::spawn(dispatcher.clone().sweep_expired());
-    let registration = tokio::spawn(register::run(
-        registry,
-        reg_settings,
-        dispatcher.accepting_workers(),
-        stop_rx.clone(),
-        metrics.clone(),
-    ));
+    let endpoint = Endpoint::new(&service, &front_addr.to_string());
+    let registration = register(config, endpoint, registry, &dispatcher, &stop_rx, &metrics);
     let limit = config.max_connections;
     let front_loop = accept_proxies(
         front,
@@ -136,10 +126,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
                 dispatcher.clone(),
                 supervisor.clone(),
             );
-            let bound = rpc_config::status_page::start(addr, Arc::new(page))
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?;
-            Some(bound)
+            Some(status_page(addr, page).await?)
         }
         None => None,
     };
@@ -169,6 +156,37 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         stop,
         task,
     })
+}
+
+/// Keeps `endpoint` in the registry while the LB has workers, until `stop`.
+fn register(
+    config: &Config,
+    endpoint: Endpoint,
+    registry: Arc<dyn Registry>,
+    dispatcher: &Dispatcher,
+    stop: &watch::Receiver<bool>,
+    metrics: &Arc<Metrics>,
+) -> JoinHandle<()> {
+    let settings = RegisterSettings {
+        endpoint,
+        register_delay: config.register_delay,
+        no_worker_grace: config.no_worker_grace,
+    };
+    let workers = dispatcher.accepting_workers();
+    tokio::spawn(register::run(
+        registry,
+        settings,
+        workers,
+        stop.clone(),
+        metrics.clone(),
+    ))
+}
+
+/// Serves `/metrics`, `/status` and the dashboard on `addr`.
+async fn status_page(addr: &str, page: Page) -> anyhow::Result<std::net::SocketAddr> {
+    rpc_config::status_page::start(addr, Arc::new(page))
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))
 }
 
 /// Serves the proxies' connections accepted on `l`.
