@@ -7,8 +7,10 @@
 //! be stopped and restarted on the same port and data to test what clients
 //! do while ZooKeeper is away.
 
+pub mod endpoint;
 mod memory;
 mod peer;
+pub mod worker;
 
 pub use memory::MemRegistry;
 pub use peer::{exception_text, Peer};
