@@ -119,24 +119,29 @@ class Components:
         return self._once(("lb", name), make)
 
 
-def scenario_paths_main(s, k):
-    a = s.a
-    _, proxy_tcp, _ = k.proxy()
-    proxy = k.proxy()[0]
+def rust_paths(s, k):
+    """direct, HAProxy TCP (if installed), proxy, proxy + lb (Rust workers)."""
+    proxy, proxy_tcp, _ = k.proxy()
     svc, svc_addr = k.service()
     lb, _ = k.lb("lb", "benchlb", workers=4, pool=4)
-    pylb, _ = k.lb("lb-py", "benchpy", workers=4, pool=4, python=True)
     hap, hap_addr = k.haproxy()
-    if hap is None:
-        s.notes.append("HAProxy TCP rows skipped: haproxy is not installed (apt-get install haproxy)")
-
     paths = [("direct", svc_addr, [svc], {"direct": True})]
     if hap:
         paths.append(("HAProxy TCP", hap_addr, [hap], {"direct": True}))
     paths.append(("proxy", proxy_tcp, [proxy], {}))
     if lb:
         paths.append(("proxy + lb", proxy_tcp, [proxy, lb], {"service": "benchlb"}))
+    return paths
+
+
+def scenario_paths_main(s, k):
+    a = s.a
+    paths = rust_paths(s, k)
+    if k.haproxy()[0] is None:
+        s.notes.append("HAProxy TCP rows skipped: haproxy is not installed (apt-get install haproxy)")
+    pylb, _ = k.lb("lb-py", "benchpy", workers=4, pool=4, python=True)
     if pylb:
+        proxy, proxy_tcp, _ = k.proxy()
         paths.append(("proxy + lb (Python)", proxy_tcp, [proxy, pylb], {"service": "benchpy"}))
 
     shapes = [(4, 8), (1, 1)] if a.quick else [(4, 8), (16, 16), (1, 1)]
@@ -152,18 +157,8 @@ def scenario_paths_main(s, k):
 
 
 def scenario_payloads(s, k):
-    proxy, proxy_tcp, _ = k.proxy()
-    svc, svc_addr = k.service()
-    lb, _ = k.lb("lb", "benchlb", workers=4, pool=4)
-    hap, hap_addr = k.haproxy()
-    paths = [("direct", svc_addr, [svc], {"direct": True})]
-    if hap:
-        paths.append(("HAProxy TCP", hap_addr, [hap], {"direct": True}))
-    paths.append(("proxy", proxy_tcp, [proxy], {}))
-    if lb:
-        paths.append(("proxy + lb", proxy_tcp, [proxy, lb], {"service": "benchlb"}))
     payloads = [16 << 10] if s.a.quick else [16 << 10, 1 << 20]
-    rows = scenario_paths(s, paths, [(4, 8)], payloads)
+    rows = scenario_paths(s, rust_paths(s, k), [(4, 8)], payloads)
     s.section("Payload sizes (4×8)", PATH_COLUMNS, rows)
 
 
