@@ -66,10 +66,6 @@ impl Balancer {
         }
     }
 
-    pub fn strategy(&self) -> Strategy {
-        self.strategy
-    }
-
     /// The index of the peer the next request goes to; `None` when none
     /// is ready.
     pub fn pick<T: Load>(&self, peers: &[T]) -> Option<usize> {

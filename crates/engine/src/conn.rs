@@ -97,11 +97,6 @@ impl Cx<'_> {
     pub fn now(&mut self) -> Instant {
         *self.now.get_or_insert_with(Instant::now)
     }
-
-    /// Bytes queued and not yet written.
-    pub fn queued_bytes(&self) -> usize {
-        self.writer.queued_bytes()
-    }
 }
 
 /// One hop: what to do with what the connection brings. Everything but

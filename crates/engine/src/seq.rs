@@ -83,10 +83,6 @@ impl<V> SeqTable<V> {
     pub fn drain(&mut self) -> impl Iterator<Item = V> + '_ {
         self.map.drain().map(|(_, (_, v))| v)
     }
-
-    pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.map.values().map(|(_, v)| v)
-    }
 }
 
 /// Hashes seqids. Keys are chosen by us, never by a peer, so SipHash's
