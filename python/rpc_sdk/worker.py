@@ -158,32 +158,34 @@ class _Session:
         out = _Output(None)
         w = self.w
         try:
-            while True:
-                payload = self._next(me)
-                if payload is None:
-                    return
+            payload = self._next(me, False, None)
+            while payload is not None:
                 frame = w._answer(payload, inp, out)
-                with self.mu:
-                    self.running -= 1
-                    w._inflight -= 1
-                    w.served += 1
-                    if self.reader is me:
-                        self.inline = 0
-                    if frame is not None:
-                        self.out.append(frame)
+                payload = self._next(me, True, frame)
         except BaseException:  # never let a serving thread die silently
             log.exception("serving thread failed")
             self.close("serving thread failed")
         finally:
             self._leave()
 
-    def _next(self, me) -> Optional[bytes]:
-        """The next call for this thread: from the backlog, or read from the
-        socket when this thread holds (or takes) the reader role; waits
-        otherwise. None once the session is closing."""
+    def _next(self, me, finished: bool, frame: Optional[bytes]) -> Optional[bytes]:
+        """Settles the call this thread just ran (`finished`; its reply
+        `frame`, None for a oneway) and returns its next call: from the
+        backlog, or read from the socket when this thread holds (or takes)
+        the reader role; waits otherwise. None once the session is closing.
+        One lock acquisition per call covers both."""
         mu = self.mu
         mu.acquire()
         try:
+            if finished:
+                w = self.w
+                self.running -= 1
+                w._inflight -= 1
+                w.served += 1
+                if self.reader is me:
+                    self.inline = 0
+                if frame is not None:
+                    self.out.append(frame)
             while True:
                 if self.closing is not None:
                     return None

@@ -249,8 +249,11 @@ def test_a_long_call_keeps_heartbeats_echoed(lb, workers):
     link.call("sleep", Echo.sleep_args(2500), seqid=2)
     wait_until(lambda: w.worker.inflight == 1, 5, "the long call to start")
     before = len(link.echoes)
-    time.sleep(1.5)  # 7 heartbeats at 0.2 s, over the worker's own 1 s timeout
+    # Heartbeats go every 0.2 s: five echoes take about 1 s, the worker's
+    # own timeout, and must all come while the call still runs.
+    link.wait(lambda: len(link.echoes) - before >= 5, 2.0, "heartbeat echoes during the call")
     during = len(link.echoes) - before
+    assert 2 not in link.replies, "the 2.5 s call ended too soon to tell"
     assert link.reply(2, timeout=10).kind == wire.REPLY
     assert during >= 5, f"only {during} heartbeats echoed during the call"
     assert not link.closed and w.worker.connects == 1
