@@ -92,7 +92,7 @@ class Components:
         """HAProxy in front of the service, or (None, None)."""
         return self._once("haproxy", lambda: self.s.haproxy(self.service()[1]))
 
-    def lb(self, name, service, workers, pool, python=False, back="unix"):
+    def lb(self, name, service, workers, pool, python=False, back="unix", prefetch=0):
         """An LB registered as `service` behind the proxy: (lb, workers),
         or (None, None) where it cannot run."""
         def make():
@@ -107,7 +107,7 @@ class Components:
             lb = ws = None
             try:
                 lb, ws = s.lb(name, service, workers=workers, pool=pool, dispatch="least_loaded",
-                              python=python, back=back)
+                              python=python, back=back, prefetch=prefetch)
                 wait_until(f"proxy → {name}", lambda: probe(tcp, f"{service}:echo"), [proxy, lb] + ws)
             except ComponentError as e:
                 if not python:
@@ -194,23 +194,26 @@ def scenario_lb_dispatch(s, k):
         return
     proxy, proxy_tcp, _ = k.proxy()
     rows = []
-    for dispatch in ["least_loaded", "round_robin"]:
-        name = "lb-" + dispatch.replace("_", "")
-        service = "bench" + dispatch.replace("_", "")
-        l, ws = s.lb(name, service, workers=4, pool=1, dispatch=dispatch)
+    for dispatch, prefetch in [("least_loaded", 0), ("least_loaded", 1), ("round_robin", 0)]:
+        name = "lb-" + dispatch.replace("_", "") + str(prefetch)
+        service = "bench" + dispatch.replace("_", "") + str(prefetch)
+        l, ws = s.lb(name, service, workers=4, pool=1, dispatch=dispatch, prefetch=prefetch)
         wait_until(f"proxy → {name}", lambda: probe(proxy_tcp, f"{service}:echo"), [proxy, l] + ws)
+        label = dispatch + (f", worker_prefetch={prefetch}" if prefetch else "")
         # Straight to the LB: its replies come back in any order, so
         # only dispatch decides whether a fast call waits.
-        r = s.bench(f"2% slow, lb dispatch={dispatch}", l.front, [l], 4, 1, direct=True,
+        r = s.bench(f"2% slow, lb dispatch={label}", l.front, [l], 4, 1, direct=True,
                     rate=1000, slow=0.02, slow_ms=50)
         f = r["latency_fast"]
-        rows.append([dispatch, fmt_int(r["throughput_rps"]), f["p50_us"], f["p99_us"], f["p999_us"],
+        rows.append([label, fmt_int(r["throughput_rps"]), f["p50_us"], f["p99_us"], f["p999_us"],
                      r["latency_slow"]["p50_us"]])
         s.stop(l, *ws)
     s.section("2% slow calls (50 ms) among fast ones: rpc-lb dispatch",
               ["dispatch", "req/s", "fast p50 µs", "fast p99 µs", "fast p99.9 µs", "slow p50 µs"], rows,
               ["open loop, 1,000 req/s over 4 connections straight to an LB with 4 workers serving 1 call each "
-               "(about one 50 ms call in flight on average); the original's fast-call p99 was 51.8 ms"])
+               "(about one 50 ms call in flight on average); the original's fast-call p99 was 51.8 ms",
+               "worker_prefetch=1: a worker busy with a call may hold one more, which then waits behind "
+               "it even if another worker frees first"])
 
 
 def scenario_balance(s, k):
@@ -248,12 +251,13 @@ def scenario_python(s, k):
         return
     paths = [("stock Thrift Python (TForkingServer)", stock_addr, [stock], {"direct": True})]
     for pool in (1, 4):
-        for back in ("tcp", "unix"):
-            service = f"benchpy{pool}{back}"
-            lb, ws = k.lb(f"lb-py{pool}{back}", service, workers=4, pool=pool, python=True, back=back)
+        for back, prefetch in (("tcp", 0), ("unix", 0), ("unix", 2)):
+            service = f"benchpy{pool}{back}{prefetch}"
+            lb, ws = k.lb(f"lb-py{pool}{back}{prefetch}", service, workers=4, pool=pool, python=True,
+                          back=back, prefetch=prefetch)
             if lb:
-                paths.append((f"proxy + lb + Python, pool {pool}, {back} back", proxy_tcp,
-                              [proxy, lb] + ws, {"service": service}))
+                name = f"proxy + lb + Python, pool {pool}" + (f", prefetch {prefetch}" if prefetch else "")
+                paths.append((f"{name}, {back} back", proxy_tcp, [proxy, lb] + ws, {"service": service}))
     paths.append(("direct (Rust service)", svc_addr, [svc], {"direct": True}))
     hap, hap_addr = k.haproxy()
     if hap:
@@ -288,7 +292,8 @@ def scenario_python(s, k):
         ["the same handler (bench.thrift echo, 64 B) everywhere; Python: framed, accelerated binary (thrift's C extension)",
          "stock: thrift's TForkingServer, one process per connection (4 at 4×…, 1 at 1×1)",
          "proxy + lb + Python: client → rpc-proxy → rpc-lb → 4 rpc_sdk.RpcWorker processes "
-         "(worker_pool_size 1 or 4), back address over TCP or a Unix socket",
+         "(worker_pool_size 1 or 4), back address over TCP or a Unix socket; prefetch 2: "
+         "worker_prefetch = 2 (a busy worker may hold 2 calls more, waiting inside it)",
          "Rust rows: the hops alone (direct, one HAProxy hop, the proxy, the proxy + LB chain)",
          "CPU (all): every process on the path, workers and forked children included, per million requests"],
     )

@@ -90,7 +90,7 @@ class Suite:
         wait_until(f"{name} listening", lambda: can_connect(tcp), [p])
         return p, tcp, unix
 
-    def lb(self, name, service, workers, pool, dispatch, python=False, back="unix"):
+    def lb(self, name, service, workers, pool, dispatch, python=False, back="unix", prefetch=0):
         """An rpc-lb with `workers` worker processes dialling in on a Unix
         socket (`back="unix"`, the documented default) or TCP."""
         front = free_port()
@@ -105,6 +105,7 @@ class Suite:
             front_port=front,
             back_address=back,
             worker_pool_size=pool,
+            worker_prefetch=prefetch,
             dispatch=dispatch,
             register_delay=0,
             threads=self.a.lb_threads,

@@ -251,6 +251,24 @@ def test_a_long_call_keeps_the_worker_connected(stack):
     assert after["heartbeats_missed"] == 0, after
 
 
+def test_prefetched_calls_wait_inside_python_workers_and_all_succeed(stack):
+    # worker_prefetch = 1: once both pool-1 workers are busy, each holds one
+    # more call, read while the first runs and served right after it.
+    status = f"127.0.0.1:{free_port()}"
+    _, ini = stack.lb("prefetch", pool_size=1, worker_prefetch=1, metrics_address=status)
+    stack.py_worker(ini)
+    stack.py_worker(ini)
+    stack.wait_ready("prefetch")
+    with Load(stack, "prefetch", threads=6, sleep_ms=20) as load:
+        harness.wait_until(
+            lambda: [w["inflight"] for w in lb_workers(status)] == [2, 2], 10,
+            "two calls in each worker")
+        load.progress(100)
+    assert load.failures == []
+    assert [w["capacity"] for w in lb_workers(status)] == [2, 2]
+    assert len(load.answers) == 2, load.answers
+
+
 @pytest.mark.skipif(not harness.STRICT and not harness.zookeeper_available(), reason="ZooKeeper (Debian zookeeper) not installed")
 def test_chain_with_zookeeper(procs, tmp_path):
     zk = harness.ZkServer(tmp_path, procs)

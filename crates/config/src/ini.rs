@@ -130,6 +130,10 @@ pub struct Config {
     pub ip_prefix: Option<String>,
     pub back_address: Option<Address>,
     pub worker_pool_size: usize,
+    /// LB: calls a worker may hold beyond `worker_pool_size`, waiting
+    /// inside it for a free pool slot. Sent only while every worker's pool
+    /// is full; saves the round trip between a reply and the next call.
+    pub worker_prefetch: usize,
     /// Where the proxy listens: one or more addresses, comma-separated.
     pub proxy_address: Vec<Address>,
     pub rpc_timeout: Duration,
@@ -203,6 +207,7 @@ impl Default for Config {
             ip_prefix: None,
             back_address: None,
             worker_pool_size: 1,
+            worker_prefetch: 0,
             proxy_address: Vec::new(),
             rpc_timeout: Duration::from_secs(15),
             falcon_client: None,
@@ -346,6 +351,7 @@ impl Config {
                 }
             }
             "worker_pool_size" => self.worker_pool_size = positive(k, v)?,
+            "worker_prefetch" => self.worker_prefetch = parse(k, v)?,
             "proxy_address" => {
                 self.proxy_address = v
                     .split(',')

@@ -1,12 +1,14 @@
 //! Which worker gets a request, and what waits when none can take it.
 //!
 //! The dispatcher knows every connected worker's load (requests handed to
-//! it and not yet answered) and its capacity (`worker_pool_size`). With
+//! it and not yet answered) and its capacity (`worker_pool_size`, plus
+//! `worker_prefetch` calls that may wait inside the worker). With
 //! `dispatch=least_loaded` a request goes to the worker with the fewest
-//! requests in flight among those with a free slot; when every slot is
-//! taken it waits in one bounded FIFO queue and leaves it the moment a slot
-//! frees (or is answered with a timeout once its deadline passes, never
-//! having been sent). `dispatch=round_robin` is the original's rotation
+//! requests in flight among those with a free slot, so prefetch slots fill
+//! only once every worker's pool is busy; when every slot is taken it waits
+//! in one bounded FIFO queue and leaves it the moment a slot frees (or is
+//! answered with a timeout once its deadline passes, never having been
+//! sent). `dispatch=round_robin` is the original's rotation
 //! over workers regardless of their load, kept for comparison; it still
 //! caps each worker at `backend_max_inflight` so memory stays bounded.
 //!
@@ -152,14 +154,16 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// `pool_size + prefetch` calls per worker with least-loaded dispatch,
+    /// `rr_limit` with round-robin; `queue_size` waiting for all of them.
     pub fn new(
         mode: Dispatch,
-        pool_size: usize,
+        (pool_size, prefetch): (usize, usize),
         rr_limit: usize,
         queue_size: usize,
     ) -> Arc<Dispatcher> {
         let per_worker = match mode {
-            Dispatch::LeastLoaded => pool_size.max(1),
+            Dispatch::LeastLoaded => pool_size.max(1) + prefetch,
             Dispatch::RoundRobin => rr_limit.max(1),
         };
         Arc::new(Dispatcher {
@@ -492,7 +496,7 @@ mod tests {
 
     #[tokio::test]
     async fn least_loaded_fills_evenly_then_queues_fifo_then_rejects() {
-        let d = Dispatcher::new(Dispatch::LeastLoaded, 2, 100, 2);
+        let d = Dispatcher::new(Dispatch::LeastLoaded, (2, 0), 100, 2);
         let (ta, mut a) = mpsc::unbounded_channel();
         let (tb, mut b) = mpsc::unbounded_channel();
         let ia = d.add_worker(ta, Default::default());
@@ -521,8 +525,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn prefetch_slots_fill_only_once_every_pool_is_busy() {
+        let d = Dispatcher::new(Dispatch::LeastLoaded, (2, 1), 100, 10);
+        let (ta, mut a) = mpsc::unbounded_channel();
+        let (tb, mut b) = mpsc::unbounded_channel();
+        let ia = d.add_worker(ta, Default::default());
+        d.add_worker(tb, Default::default());
+        let mut keep = Vec::new();
+        for i in 0..4 {
+            let (j, rx) = job(i, LONG);
+            d.submit(j);
+            keep.push(rx);
+        }
+        // Pools first, evenly.
+        assert_eq!((drain(&mut a), drain(&mut b)), (vec![0, 2], vec![1, 3]));
+        // A freed pool slot is taken before any prefetch slot.
+        d.release(ia, 1);
+        let (j, rx) = job(4, LONG);
+        d.submit(j);
+        keep.push(rx);
+        assert_eq!((drain(&mut a), drain(&mut b)), (vec![4], vec![]));
+        // Every pool busy: one call more each, then the queue.
+        for i in 5..8 {
+            let (j, rx) = job(i, LONG);
+            d.submit(j);
+            keep.push(rx);
+        }
+        assert_eq!((drain(&mut a), drain(&mut b)), (vec![6], vec![5]));
+        assert_eq!(d.stats().queued, 1);
+        assert_eq!(d.snapshot().workers[0].capacity, 3);
+    }
+
+    #[tokio::test]
     async fn stale_queued_jobs_are_answered_not_sent() {
-        let d = Dispatcher::new(Dispatch::LeastLoaded, 1, 100, 10);
+        let d = Dispatcher::new(Dispatch::LeastLoaded, (1, 0), 100, 10);
         let (ta, mut a) = mpsc::unbounded_channel();
         let ia = d.add_worker(ta, Default::default());
         let (j0, _r0) = job(0, LONG);
@@ -546,7 +582,7 @@ mod tests {
 
     #[tokio::test]
     async fn sweeper_expires_queued_jobs_on_time() {
-        let d = Dispatcher::new(Dispatch::LeastLoaded, 1, 100, 10);
+        let d = Dispatcher::new(Dispatch::LeastLoaded, (1, 0), 100, 10);
         let sweeper = tokio::spawn(d.clone().sweep_expired());
         let (j, mut rx) = job(1, Duration::from_millis(50));
         d.submit(j); // no worker: queued
@@ -561,7 +597,7 @@ mod tests {
 
     #[tokio::test]
     async fn stopped_or_removed_worker_gets_nothing_and_its_unsent_jobs_move_on() {
-        let d = Dispatcher::new(Dispatch::LeastLoaded, 4, 100, 10);
+        let d = Dispatcher::new(Dispatch::LeastLoaded, (4, 0), 100, 10);
         let mut count = d.accepting_workers();
         let (ta, mut a) = mpsc::unbounded_channel();
         let (tb, mut b) = mpsc::unbounded_channel();
@@ -590,7 +626,7 @@ mod tests {
 
     #[tokio::test]
     async fn round_robin_rotates_regardless_of_load() {
-        let d = Dispatcher::new(Dispatch::RoundRobin, 1, 3, 10);
+        let d = Dispatcher::new(Dispatch::RoundRobin, (1, 0), 3, 10);
         let (ta, mut a) = mpsc::unbounded_channel();
         let (tb, mut b) = mpsc::unbounded_channel();
         d.add_worker(ta, Default::default());

@@ -89,7 +89,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
 
     let dispatcher = Dispatcher::new(
         config.dispatch,
-        config.worker_pool_size,
+        (config.worker_pool_size, config.worker_prefetch),
         config.backend_max_inflight,
         config.queue_size,
     );
@@ -264,6 +264,11 @@ fn settings(
 
 /// What the LB needs from a configuration: its service name, frontend
 /// address and worker address, or an error naming the missing key.
+/// Upper bound of `worker_prefetch`: a few calls hide the round trip
+/// between a reply and the next call; more only queue where no other
+/// worker can reach them.
+const MAX_PREFETCH: usize = 64;
+
 pub fn validate(config: &Config) -> anyhow::Result<(String, Address, Address)> {
     let service = config
         .service
@@ -276,6 +281,13 @@ pub fn validate(config: &Config) -> anyhow::Result<(String, Address, Address)> {
         .back_address
         .clone()
         .context("`back_address` is not set: workers dial it")?;
+    if config.worker_prefetch > MAX_PREFETCH {
+        anyhow::bail!(
+            "worker_prefetch = {} is above {MAX_PREFETCH}: calls waiting inside a worker are \
+             calls no other worker can take",
+            config.worker_prefetch
+        );
+    }
     Ok((service, front, back))
 }
 

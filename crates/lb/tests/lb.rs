@@ -146,6 +146,40 @@ async fn requests_wait_in_the_queue_until_a_slot_frees() {
 }
 
 #[tokio::test]
+async fn prefetch_hands_busy_workers_calls_that_wait_inside_them() {
+    let (lb, _reg) = start_lb("worker_pool_size=1\nworker_prefetch=1").await;
+    let w = workers(&lb, &["a", "b"], 1).await;
+    let mut c = Client::connect(lb.front_address()).await;
+    for i in 0..5 {
+        c.send(MessageType::Call, "block", i, format!("{i}").as_bytes())
+            .await;
+    }
+    // One running and one waiting inside each worker; the fifth waits in
+    // the LB, where whichever worker frees first can take it.
+    eventually("two calls in each worker, one queued", || {
+        w[0].inflight() == 2 && w[1].inflight() == 2 && lb.stats().queued == 1
+    })
+    .await;
+    for w in &w {
+        w.release(3);
+    }
+    let replies = c.recv_n(5).await;
+    for (i, r) in &replies {
+        assert_eq!(r.body(), format!("{i}").as_bytes());
+    }
+    for w in &w {
+        assert_eq!(w.state.max_inflight.load(Ordering::SeqCst), 2, "{}", w.tag);
+    }
+}
+
+#[test]
+fn prefetch_beyond_its_bound_is_a_config_error() {
+    let err = rpc_lb::validate(&lb_config("worker_prefetch=65")).unwrap_err();
+    assert!(err.to_string().contains("worker_prefetch = 65"), "{err}");
+    assert!(rpc_lb::validate(&lb_config("worker_prefetch=64")).is_ok());
+}
+
+#[tokio::test]
 async fn queued_request_past_its_deadline_times_out_without_being_sent() {
     let (lb, _reg) = start_lb("worker_pool_size=1\nrpc_timeout=0.3").await;
     let w = workers(&lb, &["a"], 1).await;
