@@ -497,7 +497,8 @@ class RpcWorker:
         self.stop_timeout = stop_timeout
         self.max_frame_size = max_frame_size
         # Requests received but not answered yet (running or queued) before
-        # new ones are refused; the LB should never send more than pool_size.
+        # new ones are refused; the LB sends at most pool_size plus its
+        # worker_prefetch (at most 64).
         self.max_pending = max(max_pending, pool_size)
         self.handoff_after = handoff_after
 

@@ -262,13 +262,14 @@ fn settings(
     (Arc::new(front), Arc::new(worker))
 }
 
-/// What the LB needs from a configuration: its service name, frontend
-/// address and worker address, or an error naming the missing key.
 /// Upper bound of `worker_prefetch`: a few calls hide the round trip
 /// between a reply and the next call; more only queue where no other
 /// worker can reach them.
 const MAX_PREFETCH: usize = 64;
 
+/// What the LB needs from a configuration: its service name, frontend
+/// address and worker address, or an error naming the missing key or the
+/// value out of bounds.
 pub fn validate(config: &Config) -> anyhow::Result<(String, Address, Address)> {
     let service = config
         .service
