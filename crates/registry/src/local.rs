@@ -197,6 +197,53 @@ impl Registry for LocalRegistry {
     }
 }
 
+/// The products under `dir` (each a directory with a `services`
+/// directory), sorted; none if `dir` does not exist. A one-off read for
+/// operator tools, the counterpart of [`crate::zk::ZkReader::products`].
+pub fn products(dir: &Path) -> Result<Vec<String>, RegistryError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(RegistryError::Local {
+                path: dir.display().to_string(),
+                source,
+            })
+        }
+    };
+    let mut products: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.path().join("services").is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    products.sort();
+    Ok(products)
+}
+
+/// Every service of `product` under `dir` with its live endpoints, read
+/// once and creating nothing (the counterpart of
+/// [`crate::zk::ZkReader::services`]). Like a watcher, it leaves out and
+/// removes the entries of dead owners. Unlike [`Registry::watch`], a
+/// service directory without endpoints is kept (with none).
+pub fn read_product(dir: &Path, product: &str) -> Result<ServiceMap, RegistryError> {
+    let base = dir.join(product).join("services");
+    if !base.is_dir() {
+        return Ok(ServiceMap::new());
+    }
+    let mut scanner = Scanner {
+        base: base.clone(),
+        cache: HashMap::new(),
+    };
+    let mut map = scanner.scan()?;
+    for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let service = entry.file_name().to_string_lossy().into_owned();
+            map.entry(service).or_default();
+        }
+    }
+    Ok(map)
+}
+
 fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> Result<(), RegistryError> {
     let err = |source| RegistryError::Local {
         path: path.display().to_string(),
@@ -300,4 +347,68 @@ fn parse_entry(path: &Path) -> Option<(Endpoint, Option<Owner>)> {
     };
     let owner = serde_json::from_slice::<Owner>(&bytes).ok();
     Some((endpoint, owner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(service: &str, port: u16) -> Endpoint {
+        Endpoint::new(service, &format!("127.0.0.1:{port}"))
+    }
+
+    #[tokio::test]
+    async fn products_and_one_read_of_a_product() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(products(dir.path()).unwrap().is_empty());
+        assert!(products(&dir.path().join("missing")).unwrap().is_empty());
+
+        let test = LocalRegistry::open(dir.path(), "test").unwrap();
+        let online = LocalRegistry::open(dir.path(), "online_x").unwrap();
+        let _b = test.register(ep("echo", 7002)).await.unwrap();
+        let _a = test.register(ep("echo", 7001)).await.unwrap();
+        let _c = online.register(ep("other", 7003)).await.unwrap();
+        // A service that lost its endpoints, and a stray file: neither is a product.
+        std::fs::create_dir_all(dir.path().join("test/services/gone")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "").unwrap();
+
+        assert_eq!(products(dir.path()).unwrap(), ["online_x", "test"]);
+        let map = read_product(dir.path(), "test").unwrap();
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["echo", "gone"]);
+        let frontends: Vec<_> = map["echo"].iter().map(|e| e.frontend.as_str()).collect();
+        assert_eq!(frontends, ["127.0.0.1:7001", "127.0.0.1:7002"]);
+        assert!(map["gone"].is_empty());
+        assert_eq!(
+            read_product(dir.path(), "online_x").unwrap()["other"].len(),
+            1
+        );
+    }
+
+    #[test]
+    fn reading_an_unknown_product_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_product(dir.path(), "nope").unwrap().is_empty());
+        assert!(!dir.path().join("nope").exists());
+    }
+
+    #[test]
+    fn a_read_leaves_out_entries_of_dead_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = dir.path().join("test/services/echo");
+        std::fs::create_dir_all(&services).unwrap();
+        let dead = Record {
+            endpoint: ep("echo", 7001),
+            // Above the kernel's largest pid (2^22): nobody's.
+            owner: Owner {
+                pid: i32::MAX as u32,
+                pid_start: 0,
+                token: 1,
+            },
+        };
+        let path = services.join("127_0_0_1_7001.json");
+        std::fs::write(&path, serde_json::to_vec(&dead).unwrap()).unwrap();
+        let map = read_product(dir.path(), "test").unwrap();
+        assert!(map["echo"].is_empty());
+        assert!(!path.exists(), "the dead owner's entry is removed");
+    }
 }

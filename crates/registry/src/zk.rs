@@ -379,26 +379,91 @@ async fn read_tree(client: &Client, base: &str) -> Result<(ServiceMap, Watchers)
             continue;
         };
         watchers.push(w);
-        let records = join_all(ids.iter().map(|id| {
-            let node = format!("{path}/{id}");
-            async move { (client.get_data(&node).await, node) }
-        }))
-        .await;
-        let mut endpoints = Vec::new();
-        for (data, node) in records {
-            match data {
-                Ok((bytes, _)) => match serde_json::from_slice::<Endpoint>(&bytes) {
-                    Ok(ep) => endpoints.push(ep),
-                    Err(e) => warn!(node, error = %e, "ignoring a malformed endpoint record"),
-                },
-                Err(ZkError::NoNode) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let endpoints = read_endpoints(client, &path, &ids).await?;
         if !endpoints.is_empty() {
-            endpoints.sort_by(|a, b| a.service_id.cmp(&b.service_id));
             map.insert(service, endpoints);
         }
     }
     Ok((map, watchers))
+}
+
+/// The records of the endpoint nodes `ids` under the service node `path`,
+/// sorted by `service_id`; nodes gone meanwhile and malformed records are
+/// left out.
+async fn read_endpoints(
+    client: &Client,
+    path: &str,
+    ids: &[String],
+) -> Result<Vec<Endpoint>, ZkError> {
+    let records = join_all(ids.iter().map(|id| {
+        let node = format!("{path}/{id}");
+        async move { (client.get_data(&node).await, node) }
+    }))
+    .await;
+    let mut endpoints = Vec::new();
+    for (data, node) in records {
+        match data {
+            Ok((bytes, _)) => match serde_json::from_slice::<Endpoint>(&bytes) {
+                Ok(ep) => endpoints.push(ep),
+                Err(e) => warn!(node, error = %e, "ignoring a malformed endpoint record"),
+            },
+            Err(ZkError::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    endpoints.sort_by(|a, b| a.service_id.cmp(&b.service_id));
+    Ok(endpoints)
+}
+
+/// A one-off, read-only look at the whole tree, for operator tools: every
+/// product, and one product's services read once. It sets no watch and
+/// creates nothing, so asking about a product that does not exist leaves
+/// no trace.
+pub struct ZkReader {
+    client: Client,
+}
+
+impl ZkReader {
+    /// Connects to `hosts`; fails if no server answers within the session
+    /// timeout.
+    pub async fn connect(hosts: &str, session_timeout: Duration) -> Result<Self, RegistryError> {
+        let client = new_session(hosts, session_timeout)
+            .await
+            .map_err(|e| RegistryError::ZooKeeper(format!("connect to {hosts}: {e}")))?;
+        Ok(ZkReader { client })
+    }
+
+    /// The children of `/zk/product`, sorted; none while nothing was ever
+    /// registered.
+    pub async fn products(&self) -> Result<Vec<String>, RegistryError> {
+        let mut products = children(&self.client, "/zk/product").await?;
+        products.sort();
+        Ok(products)
+    }
+
+    /// Every service of `product` with its endpoints, read once. Unlike
+    /// [`Registry::watch`], a service node without endpoints is kept (with
+    /// none): an operator wants to see a service that lost them all.
+    pub async fn services(&self, product: &str) -> Result<ServiceMap, RegistryError> {
+        let base = format!("/zk/product/{product}/services");
+        let mut map = ServiceMap::new();
+        for service in children(&self.client, &base).await? {
+            let path = format!("{base}/{service}");
+            let ids = children(&self.client, &path).await?;
+            let endpoints = read_endpoints(&self.client, &path, &ids)
+                .await
+                .map_err(|e| RegistryError::ZooKeeper(format!("read {path}: {e}")))?;
+            map.insert(service, endpoints);
+        }
+        Ok(map)
+    }
+}
+
+/// The children of `path`; none if it does not exist.
+async fn children(client: &Client, path: &str) -> Result<Vec<String>, RegistryError> {
+    match client.list_children(path).await {
+        Ok(c) => Ok(c),
+        Err(ZkError::NoNode) => Ok(Vec::new()),
+        Err(e) => Err(RegistryError::ZooKeeper(format!("list {path}: {e}"))),
+    }
 }

@@ -228,6 +228,39 @@ async fn zk_records_from_other_writers_are_read_leniently() {
     assert_eq!(frontends(&m, "echo"), ["127.0.0.1:1"]);
 }
 
+/// The operator's one-off read: every product, one product's services
+/// (a service node left without endpoints included), and nothing created
+/// for a product that does not exist.
+#[tokio::test]
+async fn zk_reader_lists_products_and_services_without_creating_any() {
+    use rpc_registry::zk::ZkReader;
+    let zk = ZkServer::start();
+    let reader = ZkReader::connect(&zk.hosts(), SESSION).await.unwrap();
+    assert!(reader.products().await.unwrap().is_empty());
+
+    let test = ZkRegistry::connect(&zk.hosts(), "test", SESSION)
+        .await
+        .unwrap();
+    let online = ZkRegistry::connect(&zk.hosts(), "online_x", SESSION)
+        .await
+        .unwrap();
+    let first = ep("echo", 7001);
+    let _b = test.register(ep("echo", 7002)).await.unwrap();
+    let _a = test.register(first.clone()).await.unwrap();
+    let gone = test.register(ep("gone", 7003)).await.unwrap();
+    gone.deregister().await;
+    let _o = online.register(ep("other", 7004)).await.unwrap();
+
+    assert_eq!(reader.products().await.unwrap(), ["online_x", "test"]);
+    let m = reader.services("test").await.unwrap();
+    assert_eq!(m.keys().collect::<Vec<_>>(), ["echo", "gone"]);
+    assert_eq!(frontends(&m, "echo"), ["127.0.0.1:7001", "127.0.0.1:7002"]);
+    assert_eq!(m["echo"][0], first, "the whole record");
+    assert!(m["gone"].is_empty());
+    assert!(reader.services("nope").await.unwrap().is_empty());
+    assert_eq!(reader.products().await.unwrap(), ["online_x", "test"]);
+}
+
 /// A loopback TCP relay that can cut every connection through it, to
 /// partition a client from a running ZooKeeper.
 struct Relay {
