@@ -1,10 +1,12 @@
-//! `rpcctl`: the operator's tool. `list` shows what the registry holds.
-//! Nothing is ever registered or changed in the registry (the
+//! `rpcctl`: the operator's tool. `list` shows what the registry holds;
+//! `ping` checks that the endpoints of a service answer SPEC §4
+//! heartbeats. Nothing is ever registered or changed in the registry (the
 //! embedded one drops the entries of dead processes, as every reader of
 //! it does).
 
 mod age;
 mod list;
+mod ping;
 mod source;
 mod table;
 
@@ -24,11 +26,12 @@ const REGISTRY_WAIT: Duration = Duration::from_secs(10);
 #[command(
     name = "rpcctl",
     version,
-    about = "Inspect the registry (read-only)",
+    about = "Inspect the registry and check endpoints (read-only)",
     after_help = "Registry: --zk, else the `zk` key of -c config.ini, else the embedded \
                   registry the other binaries default to (RPC_REGISTRY_DIR or the system's \
                   temporary directory).\n\
-                  Exit status: 0 on success; 1 when the registry cannot be read."
+                  Exit status: 0 on success; 1 when the registry cannot be read, or when \
+                  `ping` got no echo from any endpoint."
 )]
 struct Args {
     /// Registry: ZooKeeper hosts `h1:2181,h2:2181`, or `local:DIR` (`local`
@@ -55,6 +58,19 @@ enum Command {
         product: Option<String>,
         /// Only this service of PRODUCT.
         service: Option<String>,
+    },
+    /// Send one heartbeat to every registered endpoint of SERVICE and time
+    /// its echo.
+    Ping {
+        /// The service whose endpoints to ping.
+        service: String,
+        /// Product of SERVICE [default: the config's `product`, else test].
+        #[arg(short, long)]
+        product: Option<String>,
+        /// Give up on an endpoint (connecting included) after this long.
+        #[arg(long, default_value_t = 1000, value_name = "MS",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        timeout_ms: u64,
     },
 }
 
@@ -92,6 +108,41 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 listing.to_table()
             });
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Ping {
+            service,
+            product,
+            timeout_ms,
+        } => {
+            let product = product.unwrap_or(config.product);
+            let endpoints = source
+                .services(&product)
+                .await?
+                .remove(&service)
+                .unwrap_or_default();
+            let limit = Duration::from_millis(timeout_ms);
+            let report = ping::ping_all(&product, &service, &endpoints, limit).await;
+            if endpoints.is_empty() {
+                // Scripts still get their document (with no endpoint).
+                eprintln!(
+                    "rpcctl: no endpoint of {product}/{service} in {}",
+                    source.describe()
+                );
+                if args.json {
+                    print(report.to_json());
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            print(if args.json {
+                report.to_json()
+            } else {
+                report.to_table()
+            });
+            Ok(if report.answered > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
