@@ -1,0 +1,110 @@
+//! Whether an endpoint answers: one SPEC §4 heartbeat on a connection of
+//! its own, timed to its echo.
+
+use std::time::Duration;
+
+use rpc_codec::{heartbeat, Message, MessageType, LEN_PREFIX};
+use rpc_transport::{Address, Stream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{timeout_at, Instant};
+
+/// The seqid of the dashboard's heartbeat, which the echo carries back.
+const SEQID: i32 = 0x64_62; // "db"
+
+/// An echo is a few bytes; anything much larger is not one.
+const MAX_ECHO: usize = 4096;
+
+/// Connects to `frontend`, sends one heartbeat and returns how long its
+/// echo took (from sending), or why there was none. Everything, the
+/// connection included, ends within `limit`.
+pub async fn heartbeat_rtt(frontend: &str, limit: Duration) -> Result<Duration, String> {
+    let deadline = Instant::now() + limit;
+    let address: Address = frontend.parse()?;
+    let mut stream = match timeout_at(deadline, Stream::connect(&address)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("connect: {e}")),
+        Err(_) => return Err(format!("connect: no answer in {} ms", limit.as_millis())),
+    };
+    let sent = Instant::now();
+    let exchange = async {
+        stream
+            .write_all(&heartbeat(SEQID))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut prefix = [0u8; LEN_PREFIX];
+        stream
+            .read_exact(&mut prefix)
+            .await
+            .map_err(|e| format!("no echo: {e}"))?;
+        let len = u32::from_be_bytes(prefix) as usize;
+        if len > MAX_ECHO {
+            return Err(format!("answered a {len}-byte frame, not an echo"));
+        }
+        let mut frame = vec![0u8; LEN_PREFIX + len];
+        frame[..LEN_PREFIX].copy_from_slice(&prefix);
+        stream
+            .read_exact(&mut frame[LEN_PREFIX..])
+            .await
+            .map_err(|e| format!("no echo: {e}"))?;
+        let rtt = sent.elapsed();
+        match Message::peek_frame(&frame) {
+            Ok((MessageType::Heartbeat, SEQID)) => Ok(rtt),
+            Ok((kind, seqid)) => Err(format!("answered {kind:?} (seqid {seqid}), not an echo")),
+            Err(e) => Err(format!("bad answer: {e}")),
+        }
+    };
+    match timeout_at(deadline, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no echo in {} ms", limit.as_millis())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rpc_transport::Listener;
+
+    #[tokio::test]
+    async fn an_echo_is_timed_and_silence_or_nothing_is_an_error() {
+        // An endpoint that echoes heartbeats as SPEC §4 asks.
+        let listener = Listener::bind(&"127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = listener.local_address().to_string();
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut s) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 256];
+                    let n = s.read(&mut buf).await.unwrap();
+                    s.write_all(&buf[..n]).await.unwrap();
+                });
+            }
+        });
+        let rtt = heartbeat_rtt(&addr, Duration::from_secs(2)).await.unwrap();
+        assert!(rtt < Duration::from_secs(2));
+
+        // One that accepts and says nothing.
+        let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mute_addr = mute.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let (s, _) = mute.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(s);
+        });
+        let err = heartbeat_rtt(&mute_addr, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(err.contains("no echo in 200 ms"), "{err}");
+        held.abort();
+
+        // Nobody at all.
+        let closed = rpc_testkit::free_port();
+        let err = heartbeat_rtt(&format!("127.0.0.1:{closed}"), Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(err.starts_with("connect:"), "{err}");
+    }
+}
