@@ -9,7 +9,10 @@
 //!
 //! A connection is `Open`, then `Closing` (reading stopped; the hop
 //! finishes what it owes, the writer empties, a last frame may follow),
-//! then ends. A hop can also end it at once ([`Flow::End`]).
+//! then ends. A hop can also end it at once ([`Flow::End`]), or hand it
+//! over ([`Flow::HandOff`]: like closing, but the socket stays open and
+//! comes back with the bytes read past the last frame, for a successor
+//! process to serve on).
 //!
 //! Select order (biased): events, the timer, the shutdown signal, frames,
 //! and writing last, so everything ready is taken in before one write
@@ -40,14 +43,31 @@ pub enum Flow {
     Finish,
     /// End now; frames not yet written are dropped.
     End(Lost),
+    /// Stop reading; once the hop owes nothing and all is written, end
+    /// without closing the socket ([`End::HandedOff`]).
+    HandOff,
 }
 
 /// How a connection ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum End {
     /// In order: asked to, or the peer closed with nothing owed.
     Closed,
     Lost(Lost),
+    /// Between two requests, everything read answered: the open socket
+    /// and the bytes read from it past the last frame.
+    HandedOff(Box<(Stream, BytesMut)>),
+}
+
+impl PartialEq for End {
+    /// Sockets compare unequal: a handed-off end equals nothing.
+    fn eq(&self, other: &End) -> bool {
+        match (self, other) {
+            (End::Closed, End::Closed) => true,
+            (End::Lost(a), End::Lost(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// Limits of one connection.
@@ -208,6 +228,8 @@ enum Phase {
     Open,
     /// Reading stopped; the frame to write last, if any.
     Closing(Option<Bytes>),
+    /// Reading stopped; the socket goes back to the caller.
+    HandingOff,
 }
 
 /// Runs `hop` on `stream` until the connection ends. `shutdown` resolving
@@ -218,9 +240,21 @@ pub async fn run<H: Hop>(
     shutdown: impl Future<Output = ()>,
     opts: &Options,
 ) -> End {
+    run_with(hop, stream, BytesMut::new(), shutdown, opts).await
+}
+
+/// [`run`] on a connection another process handed over, `read` being the
+/// bytes it had read past the last frame.
+pub async fn run_with<H: Hop>(
+    hop: &mut H,
+    stream: Stream,
+    read: BytesMut,
+    shutdown: impl Future<Output = ()>,
+    opts: &Options,
+) -> End {
     let peer = stream.peer();
     let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, FrameCodec::new(opts.max_frame));
+    let mut reader = FrameReader::new(r, FrameCodec::new(opts.max_frame)).with_buffered(read);
     if let Some(t) = opts.frame_timeout {
         reader = reader.with_frame_timeout(t);
     }
@@ -233,7 +267,14 @@ pub async fn run<H: Hop>(
     let mut shutdown_seen = false;
 
     let end = loop {
-        if matches!(phase, Phase::Closing(_)) && !hop.owes() && writer.is_empty() {
+        if !matches!(phase, Phase::Open) && !hop.owes() && writer.is_empty() {
+            if matches!(phase, Phase::HandingOff) {
+                let (r, buffered) = reader.into_parts();
+                return match Stream::reunite(r, writer.into_inner()) {
+                    Ok(stream) => End::HandedOff(Box::new((stream, buffered))),
+                    Err(e) => End::Lost(Lost::io(&e)),
+                };
+            }
             break End::Closed;
         }
         let at = hop.deadline();
@@ -303,6 +344,11 @@ impl Phase {
             Flow::CloseWith(last) => {
                 if matches!(self, Phase::Open | Phase::Closing(None)) {
                     *self = Phase::Closing(Some(last));
+                }
+            }
+            Flow::HandOff => {
+                if matches!(self, Phase::Open) {
+                    *self = Phase::HandingOff;
                 }
             }
             Flow::Finish => return Some(End::Closed),

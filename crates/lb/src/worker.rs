@@ -101,7 +101,8 @@ pub async fn serve(
     let unsent = std::iter::from_fn(|| hop.rx.try_recv().ok()).collect();
     dispatcher.requeue(id, unsent);
     let failure = match end {
-        End::Closed => Failure::Stopping("the LB"),
+        // (A worker connection never hands its socket off.)
+        End::Closed | End::HandedOff(_) => Failure::Stopping("the LB"),
         // Announced STOP, answered everything, closed: a graceful end.
         End::Lost(cause) if hop.stopping && hop.pending.is_empty() => Failure::Lost {
             peer: peer.as_str().into(),

@@ -226,7 +226,8 @@ async fn run(
                 };
                 let end = conn::run(&mut hop, stream, drained, &opts).await;
                 let lost = match end {
-                    End::Closed | End::Lost(Lost::Removed) => None,
+                    // (A backend never hands its socket off.)
+                    End::Closed | End::HandedOff(_) | End::Lost(Lost::Removed) => None,
                     End::Lost(cause) => Some(cause),
                 };
                 hop.fail_all(lost.clone().unwrap_or(Lost::Removed));

@@ -215,7 +215,8 @@ impl Worker {
             End::Closed if stopping => ConnEnd::Stopped,
             // The LB went away during our stop: nothing left to wait for.
             End::Lost(_) if stopping => ConnEnd::Stopped,
-            End::Closed => ConnEnd::Lost,
+            // (The LB connection never hands its socket off.)
+            End::Closed | End::HandedOff(_) => ConnEnd::Lost,
             End::Lost(cause) => {
                 tracing::debug!(%cause, "connection to the LB ended");
                 ConnEnd::Lost

@@ -2,6 +2,7 @@
 //! filesystem path (Unix domain socket), and every hop carries frames.
 
 mod address;
+pub mod handoff;
 mod reader;
 mod stream;
 mod writer;

@@ -51,6 +51,18 @@ impl FrameReader {
         }
     }
 
+    /// Starts with `bytes` already read from the stream (by another
+    /// process that handed the connection over mid-frame).
+    pub fn with_buffered(mut self, bytes: BytesMut) -> Self {
+        self.buf = bytes;
+        self
+    }
+
+    /// The stream and the bytes read from it but not yet returned as frames.
+    pub fn into_parts(self) -> (ReadHalf, BytesMut) {
+        (self.io, self.buf)
+    }
+
     /// Fails a frame still incomplete this long after we started waiting
     /// for its rest (a peer trickling bytes or stalled mid-frame). Idle
     /// connections with nothing buffered are not affected.

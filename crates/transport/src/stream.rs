@@ -41,6 +41,20 @@ impl Stream {
         }
     }
 
+    /// Puts the halves of one [`Stream::into_split`] back together.
+    pub fn reunite(r: ReadHalf, w: WriteHalf) -> io::Result<Stream> {
+        let mismatch = || io::Error::new(io::ErrorKind::InvalidInput, "halves of two streams");
+        match (r, w) {
+            (ReadHalf::Tcp(r), WriteHalf::Tcp(w)) => {
+                r.reunite(w).map(Stream::Tcp).map_err(|_| mismatch())
+            }
+            (ReadHalf::Unix(r), WriteHalf::Unix(w)) => {
+                r.reunite(w).map(Stream::Unix).map_err(|_| mismatch())
+            }
+            _ => Err(mismatch()),
+        }
+    }
+
     /// The peer's process id, where the kernel tells it (a Unix socket's
     /// `SO_PEERCRED`); a TCP peer's is not known here.
     pub fn peer_pid(&self) -> Option<u32> {
@@ -210,8 +224,30 @@ impl Listener {
     }
 }
 
+impl std::os::fd::AsRawFd for Listener {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l, _) => l.as_raw_fd(),
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for Stream {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
 impl Drop for Listener {
     fn drop(&mut self) {
+        // After an upgrade the path is the successor's.
+        if crate::handoff::handed_off() {
+            return;
+        }
         if let Listener::Unix(_, p) = self {
             let _ = std::fs::remove_file(p);
         }
