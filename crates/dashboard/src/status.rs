@@ -9,7 +9,8 @@
 //! - A proxy (`/status` has `endpoints`): one series per service from
 //!   `rpc_proxy_requests_total{service}`; its error replies are counted
 //!   by kind, not by service, so they make the error rate of its total
-//!   series (service `""`); the latency is the highest of the balancer's
+//!   series (service `""`, whose requests include the calls to unknown
+//!   services, which no service counts); the latency is the highest of the balancer's
 //!   estimates for the service's endpoints (it keeps no histogram). Should
 //!   the page one day label errors or a `rpc_proxy_request_duration_seconds`
 //!   histogram by service, they are used.
@@ -187,6 +188,11 @@ fn proxy_page(address: &str, status: &Value, metrics: &[Line], now_ms: u64) -> P
             "rpc_proxy_errors_total" => {
                 let n = line.value as u64;
                 total_errors += n;
+                // A call to a service the proxy does not know has no
+                // routing entry to count it: it is a request all the same.
+                if line.label("kind") == Some("unknown_service") {
+                    total.requests += n;
+                }
                 if let Some(service) = line.label("service") {
                     *errors_by_service.entry(service.to_string()).or_default() += n;
                 }
@@ -317,6 +323,7 @@ mod tests {
             "rpc_proxy_requests_total{service=\"echo\"} 40\n\
              rpc_proxy_requests_total{service=\"search\"} 2\n\
              rpc_proxy_errors_total{kind=\"no_endpoint\"} 3\n\
+             rpc_proxy_errors_total{kind=\"unknown_service\"} 2\n\
              rpc_proxy_errors_total{kind=\"timeout\"} 1\n",
         );
         let page = interpret("proxy:1", &status, &metrics, 9).unwrap();
@@ -328,7 +335,7 @@ mod tests {
         );
         assert_eq!(page.readings["search"].latency_ms, None);
         let total = &page.readings[""];
-        assert_eq!((total.requests, total.errors), (42, Some(4)));
+        assert_eq!((total.requests, total.errors), (44, Some(6)));
         assert_eq!(page.endpoints.len(), 2);
         assert_eq!(page.endpoints[1].state, "Down");
         assert_eq!(page.endpoints[1].source, "proxy:1");
