@@ -15,6 +15,12 @@ pub struct Endpoint {
     pub hostname: String,
     #[serde(default)]
     pub start_time: String,
+    /// Whether an operator drained the endpoint (`rpcctl drain`): proxies
+    /// send it no new calls. Not part of the record (never written or
+    /// read as JSON): readers fill it in from the drain marks, which live
+    /// outside the services subtree (see [`crate::drain`]).
+    #[serde(skip)]
+    pub draining: bool,
 }
 
 impl Endpoint {
@@ -31,6 +37,7 @@ impl Endpoint {
             code_url_version: String::new(),
             hostname: hostname(),
             start_time: now_local(),
+            draining: false,
         }
     }
 }
@@ -47,7 +54,7 @@ pub fn service_id(frontend: &str) -> String {
     s[start..].iter().collect()
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: buf is valid for its length; gethostname NUL-terminates or truncates.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
@@ -59,7 +66,7 @@ fn hostname() -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in local time, as the original wrote it.
-fn now_local() -> String {
+pub(crate) fn now_local() -> String {
     // SAFETY: time/localtime_r write only into the provided structs.
     unsafe {
         let t = libc::time(std::ptr::null_mut());

@@ -3,7 +3,9 @@
 //! One trait, [`Registry`], two backends: [`zk`] for production and
 //! [`local`] (a directory of endpoint files) as the single-machine default.
 //! Both pass the same conformance suite (`tests/conformance.rs`).
+//! Operators' drain marks ([`drain`]) are read with the endpoints.
 
+pub mod drain;
 mod endpoint;
 pub mod local;
 pub mod zk;
@@ -15,10 +17,12 @@ use async_trait::async_trait;
 use rpc_config::{Config, RegistrySpec};
 use tokio::sync::watch;
 
+pub use drain::{DrainMark, DrainSet};
 pub use endpoint::{service_id, Endpoint};
 
 /// Every service of a product and its live endpoints, keyed by service
-/// name; endpoints sorted by `service_id`.
+/// name; endpoints sorted by `service_id`, each with
+/// [`Endpoint::draining`] set from the product's drain marks.
 pub type ServiceMap = BTreeMap<String, Vec<Endpoint>>;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +36,9 @@ pub enum RegistryError {
     },
     #[error("bad endpoint record at {path}: {reason}")]
     BadRecord { path: String, reason: String },
+    /// A product, service or service_id that is not one path component.
+    #[error("{name:?} is not a usable {what}")]
+    BadName { what: &'static str, name: String },
     #[error("registry closed")]
     Closed,
 }
@@ -45,8 +52,9 @@ pub trait Registry: Send + Sync + 'static {
     /// dropped.
     async fn register(&self, endpoint: Endpoint) -> Result<Registration, RegistryError>;
 
-    /// The live view of every service of the product. The first value is
-    /// complete when this returns. A lost connection to the backing store
+    /// The live view of every service of the product, drain marks
+    /// included: adding or removing a mark changes the view like a
+    /// registration does. The first value is complete when this returns. A lost connection to the backing store
     /// never empties the view: the last known map stays until the store
     /// answers again.
     async fn watch(&self) -> Result<watch::Receiver<Arc<ServiceMap>>, RegistryError>;

@@ -7,7 +7,9 @@
 //! "files whose owner is alive": watchers skip and delete entries of dead
 //! processes, so a crashed service disappears like an expired session.
 //! Watchers poll (cheap: one `stat` per file, content re-read only when it
-//! changed), which works on every filesystem and needs no server.
+//! changed), which works on every filesystem and needs no server. Drain
+//! marks are files too, `{dir}/{product}/drain/{service}/{service_id}.json`
+//! (see [`crate::drain`]), read by the same poll.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch, OnceCell};
 use tracing::{debug, info, warn};
 
+use crate::drain::{self, DrainMark, DrainSet};
 use crate::{Endpoint, Registration, Registry, RegistryError, ServiceMap};
 
 /// How often watchers look at the directory and registrants check that
@@ -154,10 +157,7 @@ impl Registry for LocalRegistry {
         let rx = self
             .services
             .get_or_try_init(|| async {
-                let mut scanner = Scanner {
-                    base: self.base.clone(),
-                    cache: HashMap::new(),
-                };
+                let mut scanner = Scanner::new(self.base.clone());
                 let first = scanner.scan()?;
                 let (tx, rx) = watch::channel(Arc::new(first));
                 tokio::spawn(async move {
@@ -230,10 +230,7 @@ pub fn read_product(dir: &Path, product: &str) -> Result<ServiceMap, RegistryErr
     if !base.is_dir() {
         return Ok(ServiceMap::new());
     }
-    let mut scanner = Scanner {
-        base: base.clone(),
-        cache: HashMap::new(),
-    };
+    let mut scanner = Scanner::new(base.clone());
     let mut map = scanner.scan()?;
     for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -242,6 +239,77 @@ pub fn read_product(dir: &Path, product: &str) -> Result<ServiceMap, RegistryErr
         }
     }
     Ok(map)
+}
+
+/// `{dir}/{product}/drain/{service}/{service_id}.json`.
+fn drain_file(dir: &Path, product: &str, service: &str, service_id: &str) -> PathBuf {
+    dir.join(product)
+        .join("drain")
+        .join(service)
+        .join(format!("{service_id}.json"))
+}
+
+/// Marks endpoint `service_id` of `service` in `product` under `dir`
+/// drained, recording `mark`; false if it was already (its mark is left
+/// as it was). The counterpart of [`crate::zk::ZkReader::drain`].
+pub fn drain(
+    dir: &Path,
+    product: &str,
+    service: &str,
+    service_id: &str,
+    mark: &DrainMark,
+) -> Result<bool, RegistryError> {
+    drain::check_names(product, service, service_id)?;
+    let path = drain_file(dir, product, service, service_id);
+    if path.exists() {
+        return Ok(false);
+    }
+    let data = serde_json::to_vec_pretty(mark).expect("a drain mark serializes");
+    write_atomically(path.parent().expect("a parent"), &path, &data)?;
+    Ok(true)
+}
+
+/// Removes the drain mark of `service_id` of `service`; false if there
+/// was none. The counterpart of [`crate::zk::ZkReader::undrain`].
+pub fn undrain(
+    dir: &Path,
+    product: &str,
+    service: &str,
+    service_id: &str,
+) -> Result<bool, RegistryError> {
+    drain::check_names(product, service, service_id)?;
+    let path = drain_file(dir, product, service, service_id);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(RegistryError::Local {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// The drain marks under `root` (`{dir}/{product}/drain`); none if it does
+/// not exist.
+fn read_drains(root: &Path) -> DrainSet {
+    let mut drained = DrainSet::new();
+    for service in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let Ok(files) = std::fs::read_dir(service.path()) else {
+            continue; // not a directory, or removed meanwhile
+        };
+        let ids: std::collections::BTreeSet<String> = files
+            .flatten()
+            .filter_map(|f| {
+                let name = f.file_name().to_string_lossy().into_owned();
+                let id = name.strip_suffix(".json")?;
+                (!id.is_empty() && !name.starts_with('.')).then(|| id.to_string())
+            })
+            .collect();
+        if !ids.is_empty() {
+            drained.insert(service.file_name().to_string_lossy().into_owned(), ids);
+        }
+    }
+    drained
 }
 
 fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> Result<(), RegistryError> {
@@ -274,10 +342,22 @@ type Cached = (SystemTime, u64, Option<(Endpoint, Option<Owner>)>);
 /// Reads the tree, re-parsing only files whose mtime or size changed.
 struct Scanner {
     base: PathBuf,
+    /// `{dir}/{product}/drain`, beside `base`: only names are read there.
+    drains: PathBuf,
     cache: HashMap<PathBuf, Cached>,
 }
 
 impl Scanner {
+    /// A scanner of `base`, `{dir}/{product}/services`.
+    fn new(base: PathBuf) -> Scanner {
+        let drains = base.with_file_name("drain");
+        Scanner {
+            base,
+            drains,
+            cache: HashMap::new(),
+        }
+    }
+
     fn scan(&mut self) -> Result<ServiceMap, RegistryError> {
         let err = |path: &Path| {
             let path = path.display().to_string();
@@ -330,6 +410,7 @@ impl Scanner {
             }
         }
         self.cache = seen;
+        drain::mark(&mut map, &read_drains(&self.drains));
         Ok(map)
     }
 }

@@ -7,7 +7,8 @@
 //! session: a registration re-creates its ephemeral node under every new
 //! session, and the watcher re-reads the tree. Reads that fail leave the
 //! last published map untouched, so a ZooKeeper outage never empties a
-//! proxy's routing table.
+//! proxy's routing table. The watcher also follows the product's drain
+//! marks (`/zk/product/{product}/drain`, see [`crate::drain`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use tokio::sync::{oneshot, watch, OnceCell};
 use tracing::{debug, info, warn};
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, SessionId, SessionState};
 
+use crate::drain::{self, DrainMark, DrainSet};
 use crate::{Endpoint, Registration, Registry, RegistryError, ServiceMap};
 
 /// Pause between retries of a failed ZooKeeper operation.
@@ -30,6 +32,8 @@ struct Inner {
     hosts: String,
     /// `/zk/product/{product}/services`
     base: String,
+    /// `/zk/product/{product}/drain`
+    drains: String,
     session_timeout: Duration,
     /// The current session's client; replaced after an expiry.
     client: watch::Receiver<Client>,
@@ -54,6 +58,7 @@ impl ZkRegistry {
             inner: Arc::new(Inner {
                 hosts: hosts.to_string(),
                 base: format!("/zk/product/{product}/services"),
+                drains: drain_root(product),
                 session_timeout,
                 client: rx,
                 services: OnceCell::new(),
@@ -173,6 +178,7 @@ impl Registry for ZkRegistry {
                 tokio::spawn(watch_services(
                     inner.client.clone(),
                     inner.base.clone(),
+                    inner.drains.clone(),
                     inner.session_timeout,
                     tx,
                     ready_tx,
@@ -278,6 +284,7 @@ async fn unpublish(client: &Client, path: &str) {
 async fn watch_services(
     mut clients: watch::Receiver<Client>,
     base: String,
+    drains: String,
     timeout: Duration,
     tx: watch::Sender<Arc<ServiceMap>>,
     ready: oneshot::Sender<()>,
@@ -286,7 +293,7 @@ async fn watch_services(
     let mut settle_until: Option<tokio::time::Instant> = None;
     loop {
         let client = clients.borrow_and_update().clone();
-        let read = tokio::time::timeout(timeout, read_tree(&client, &base)).await;
+        let read = tokio::time::timeout(timeout, read_tree(&client, &base, &drains)).await;
         match read {
             Ok(Ok((mut map, watchers))) => {
                 let settling = settle_until.is_some_and(|t| tokio::time::Instant::now() < t);
@@ -343,7 +350,8 @@ async fn watch_services(
     }
 }
 
-/// Adds to `map` the endpoints of `previous` it lacks.
+/// Adds to `map` the endpoints of `previous` it lacks (drain flags as
+/// they were).
 fn keep_missing(map: &mut ServiceMap, previous: &ServiceMap) {
     for (service, old) in previous {
         let now = map.entry(service.clone()).or_default();
@@ -358,7 +366,13 @@ fn keep_missing(map: &mut ServiceMap, previous: &ServiceMap) {
 
 type Watchers = Vec<zookeeper_client::OneshotWatcher>;
 
-async fn read_tree(client: &Client, base: &str) -> Result<(ServiceMap, Watchers), ZkError> {
+/// The services under `base` with their endpoints, drain marks under
+/// `drains` applied, and the watchers that fire on any change of either.
+async fn read_tree(
+    client: &Client,
+    base: &str,
+    drains: &str,
+) -> Result<(ServiceMap, Watchers), ZkError> {
     client
         .mkdir(base, &CreateMode::Persistent.with_acls(Acls::anyone_all()))
         .await?;
@@ -384,7 +398,51 @@ async fn read_tree(client: &Client, base: &str) -> Result<(ServiceMap, Watchers)
             map.insert(service, endpoints);
         }
     }
+    let (drained, drain_watchers) = watch_drains(client, drains).await?;
+    drain::mark(&mut map, &drained);
+    watchers.extend(drain_watchers);
     Ok((map, watchers))
+}
+
+/// `/zk/product/{product}/drain`.
+fn drain_root(product: &str) -> String {
+    format!("/zk/product/{product}/drain")
+}
+
+/// The drain marks under `root`, and watchers that fire when a mark (or a
+/// service's node of marks) comes or goes. Nothing is created: while
+/// `root` does not exist, its creation is watched instead.
+async fn watch_drains(client: &Client, root: &str) -> Result<(DrainSet, Watchers), ZkError> {
+    let (services, root_watch) = loop {
+        match client.get_and_watch_children(root).await {
+            Ok((services, _, w)) => break (services, w),
+            Err(ZkError::NoNode) => match client.check_and_watch_stat(root).await? {
+                (None, w) => return Ok((DrainSet::new(), vec![w])),
+                (Some(_), _) => continue, // created meanwhile: list it
+            },
+            Err(e) => return Err(e),
+        }
+    };
+    let listed = join_all(services.into_iter().map(|s| async move {
+        match client.get_and_watch_children(&format!("{root}/{s}")).await {
+            Ok((ids, _, w)) => Ok(Some((s, ids, w))),
+            // Gone meanwhile: the watch on `root` has fired already.
+            Err(ZkError::NoNode) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }))
+    .await;
+    let mut drained = DrainSet::new();
+    let mut watchers = vec![root_watch];
+    for entry in listed {
+        if let Some((service, ids, w)) = entry? {
+            watchers.push(w);
+            if !ids.is_empty() {
+                drained.insert(service, ids.into_iter().collect());
+            }
+        }
+    }
+    Ok((drained, watchers))
 }
 
 /// The records of the endpoint nodes `ids` under the service node `path`,
@@ -415,10 +473,11 @@ async fn read_endpoints(
     Ok(endpoints)
 }
 
-/// A one-off, read-only look at the whole tree, for operator tools: every
-/// product, and one product's services read once. It sets no watch and
+/// A one-off look at the whole tree, for operator tools: every product,
+/// and one product's services read once. It sets no watch, and reading
 /// creates nothing, so asking about a product that does not exist leaves
-/// no trace.
+/// no trace. Its only writes are drain marks ([`ZkReader::drain`],
+/// [`ZkReader::undrain`]), never under the services subtree.
 pub struct ZkReader {
     client: Client,
 }
@@ -441,9 +500,10 @@ impl ZkReader {
         Ok(products)
     }
 
-    /// Every service of `product` with its endpoints, read once. Unlike
-    /// [`Registry::watch`], a service node without endpoints is kept (with
-    /// none): an operator wants to see a service that lost them all.
+    /// Every service of `product` with its endpoints (drain marks
+    /// applied), read once. Unlike [`Registry::watch`], a service node
+    /// without endpoints is kept (with none): an operator wants to see a
+    /// service that lost them all.
     pub async fn services(&self, product: &str) -> Result<ServiceMap, RegistryError> {
         let base = format!("/zk/product/{product}/services");
         let mut map = ServiceMap::new();
@@ -455,7 +515,62 @@ impl ZkReader {
                 .map_err(|e| RegistryError::ZooKeeper(format!("read {path}: {e}")))?;
             map.insert(service, endpoints);
         }
+        drain::mark(&mut map, &self.drains(product).await?);
         Ok(map)
+    }
+
+    /// The drain marks of `product`, read once (marks of endpoints that
+    /// are not registered included).
+    pub async fn drains(&self, product: &str) -> Result<DrainSet, RegistryError> {
+        let root = drain_root(product);
+        let mut drained = DrainSet::new();
+        for service in children(&self.client, &root).await? {
+            let ids = children(&self.client, &format!("{root}/{service}")).await?;
+            if !ids.is_empty() {
+                drained.insert(service, ids.into_iter().collect());
+            }
+        }
+        Ok(drained)
+    }
+
+    /// Marks endpoint `service_id` of `service` drained, recording `mark`;
+    /// false if it was already (its mark is left as it was).
+    pub async fn drain(
+        &self,
+        product: &str,
+        service: &str,
+        service_id: &str,
+        mark: &DrainMark,
+    ) -> Result<bool, RegistryError> {
+        drain::check_names(product, service, service_id)?;
+        let path = format!("{}/{service}/{service_id}", drain_root(product));
+        let err = |e: ZkError| RegistryError::ZooKeeper(format!("create {path}: {e}"));
+        let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        let parent = &path[..path.rfind('/').expect("absolute path")];
+        self.client.mkdir(parent, &opts).await.map_err(err)?;
+        let data = serde_json::to_vec(mark).expect("a drain mark serializes");
+        match self.client.create(&path, &data, &opts).await {
+            Ok(_) => Ok(true),
+            Err(ZkError::NodeExists) => Ok(false),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// Removes the drain mark of `service_id` of `service`; false if there
+    /// was none. Parents stay (empty), as services' do.
+    pub async fn undrain(
+        &self,
+        product: &str,
+        service: &str,
+        service_id: &str,
+    ) -> Result<bool, RegistryError> {
+        drain::check_names(product, service, service_id)?;
+        let path = format!("{}/{service}/{service_id}", drain_root(product));
+        match self.client.delete(&path, None).await {
+            Ok(()) => Ok(true),
+            Err(ZkError::NoNode) => Ok(false),
+            Err(e) => Err(RegistryError::ZooKeeper(format!("delete {path}: {e}"))),
+        }
     }
 }
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rpc_registry::local::LocalRegistry;
-use rpc_registry::zk::ZkRegistry;
-use rpc_registry::{Endpoint, Registry, ServiceMap};
+use rpc_registry::zk::{ZkReader, ZkRegistry};
+use rpc_registry::{DrainMark, Endpoint, Registry, ServiceMap};
 use rpc_testkit::ZkServer;
 use tokio::sync::watch;
 
@@ -18,6 +18,10 @@ const SESSION: Duration = Duration::from_secs(2);
 /// Opens registries of one backend, all on the same store.
 trait Backend {
     async fn open(&self, product: &str) -> Arc<dyn Registry>;
+
+    /// Puts (`on`) or removes the drain mark of `service_id` as an
+    /// operator's tool does; whether that changed anything.
+    async fn set_drained(&self, product: &str, service: &str, service_id: &str, on: bool) -> bool;
 }
 
 struct Zk(ZkServer);
@@ -29,12 +33,39 @@ impl Backend for Zk {
                 .unwrap(),
         )
     }
+
+    async fn set_drained(&self, product: &str, service: &str, service_id: &str, on: bool) -> bool {
+        let reader = ZkReader::connect(&self.0.hosts(), SESSION).await.unwrap();
+        if on {
+            let mark = DrainMark::new("by test");
+            reader.drain(product, service, service_id, &mark).await
+        } else {
+            reader.undrain(product, service, service_id).await
+        }
+        .unwrap()
+    }
 }
 
 struct Local(tempfile::TempDir);
 impl Backend for Local {
     async fn open(&self, product: &str) -> Arc<dyn Registry> {
         Arc::new(LocalRegistry::open(self.0.path(), product).unwrap())
+    }
+
+    async fn set_drained(&self, product: &str, service: &str, service_id: &str, on: bool) -> bool {
+        let dir = self.0.path();
+        if on {
+            rpc_registry::local::drain(
+                dir,
+                product,
+                service,
+                service_id,
+                &DrainMark::new("by test"),
+            )
+        } else {
+            rpc_registry::local::undrain(dir, product, service, service_id)
+        }
+        .unwrap()
     }
 }
 
@@ -60,6 +91,13 @@ async fn until(
 fn frontends(m: &ServiceMap, service: &str) -> Vec<String> {
     m.get(service)
         .map(|v| v.iter().map(|e| e.frontend.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// The `draining` flag of each endpoint of `service`, in view order.
+fn draining(m: &ServiceMap, service: &str) -> Vec<bool> {
+    m.get(service)
+        .map(|v| v.iter().map(|e| e.draining).collect())
         .unwrap_or_default()
 }
 
@@ -140,6 +178,58 @@ mod suite {
         let m = b.open("test").await.watch().await.unwrap().borrow().clone();
         assert_eq!(m["echo"][0].deploy_path, "/srv/echo-v2");
     }
+
+    /// A drain mark reaches the watched view as `draining` on its
+    /// endpoint (and only there), and leaves it when removed; setting or
+    /// removing it twice changes nothing.
+    pub async fn drain_marks_come_and_go_in_the_watched_view(b: impl Backend) {
+        let reg = b.open("test").await;
+        let mut rx = b.open("test").await.watch().await.unwrap();
+        let _a = reg.register(ep("echo", 7001)).await.unwrap();
+        let _b = reg.register(ep("echo", 7002)).await.unwrap();
+        let _o = reg.register(ep("other", 7002)).await.unwrap();
+        until(&mut rx, "both", |m| draining(m, "echo") == [false, false]).await;
+
+        assert!(b.set_drained("test", "echo", "127_0_0_1_7002", true).await);
+        assert!(!b.set_drained("test", "echo", "127_0_0_1_7002", true).await);
+        let m = until(&mut rx, "7002 draining", |m| {
+            draining(m, "echo") == [false, true]
+        })
+        .await;
+        assert_eq!(draining(&m, "other"), [false], "same id, other service");
+        assert_eq!(frontends(&m, "echo").len(), 2, "still an endpoint");
+        // A fresh (complete) view has it too.
+        let m = b.open("test").await.watch().await.unwrap().borrow().clone();
+        assert_eq!(draining(&m, "echo"), [false, true]);
+
+        assert!(b.set_drained("test", "echo", "127_0_0_1_7002", false).await);
+        assert!(!b.set_drained("test", "echo", "127_0_0_1_7002", false).await);
+        until(&mut rx, "undrained", |m| {
+            draining(m, "echo") == [false, false]
+        })
+        .await;
+    }
+
+    /// A mark names an endpoint, not a registration: set before the
+    /// endpoint registers, it applies when it does; other products never
+    /// see it.
+    pub async fn drain_marks_outlive_registrations_and_stay_in_their_product(b: impl Backend) {
+        let reg = b.open("test").await;
+        let online = b.open("online_x").await;
+        let mut rx = b.open("test").await.watch().await.unwrap();
+        let mut online_rx = online.watch().await.unwrap();
+        assert!(b.set_drained("test", "echo", "127_0_0_1_7001", true).await);
+        let _o = online.register(ep("echo", 7001)).await.unwrap();
+        let _a = reg.register(ep("echo", 7001)).await.unwrap();
+        until(&mut rx, "registered drained", |m| {
+            draining(m, "echo") == [true]
+        })
+        .await;
+        until(&mut online_rx, "other product not drained", |m| {
+            draining(m, "echo") == [false]
+        })
+        .await;
+    }
 }
 
 macro_rules! conformance {
@@ -160,7 +250,9 @@ conformance!(
     first_view_is_complete,
     deregister_and_drop_remove_the_entry,
     products_are_isolated,
-    newer_registration_replaces_a_stale_one
+    newer_registration_replaces_a_stale_one,
+    drain_marks_come_and_go_in_the_watched_view,
+    drain_marks_outlive_registrations_and_stay_in_their_product
 );
 
 // === ZooKeeper only ===
@@ -259,6 +351,58 @@ async fn zk_reader_lists_products_and_services_without_creating_any() {
     assert!(m["gone"].is_empty());
     assert!(reader.services("nope").await.unwrap().is_empty());
     assert_eq!(reader.products().await.unwrap(), ["online_x", "test"]);
+}
+
+/// Drain marks live beside the services subtree, never in it: readers
+/// written against the original see the same endpoints as before.
+#[tokio::test]
+async fn zk_drain_marks_live_outside_the_services_subtree() {
+    let zk = ZkServer::start();
+    let reg = ZkRegistry::connect(&zk.hosts(), "test", SESSION)
+        .await
+        .unwrap();
+    let _r = reg.register(ep("echo", 5555)).await.unwrap();
+    let reader = ZkReader::connect(&zk.hosts(), SESSION).await.unwrap();
+    let mark = DrainMark::new("127.0.0.1:5555");
+    assert!(reader
+        .drain("test", "echo", "127_0_0_1_5555", &mark)
+        .await
+        .unwrap());
+    // A mark for an endpoint that is not registered is accepted too.
+    assert!(reader
+        .drain("test", "echo", "127_0_0_1_9999", &mark)
+        .await
+        .unwrap());
+
+    let client = reg.client();
+    let services = client
+        .list_children("/zk/product/test/services")
+        .await
+        .unwrap();
+    assert_eq!(services, ["echo"]);
+    let ids = client
+        .list_children("/zk/product/test/services/echo")
+        .await
+        .unwrap();
+    assert_eq!(ids, ["127_0_0_1_5555"], "only endpoints under the service");
+    let (data, stat) = client
+        .get_data("/zk/product/test/drain/echo/127_0_0_1_5555")
+        .await
+        .unwrap();
+    assert_eq!(stat.ephemeral_owner, 0, "marks are persistent");
+    let read: DrainMark = serde_json::from_slice(&data).unwrap();
+    assert_eq!(read, mark);
+
+    let m = reader.services("test").await.unwrap();
+    assert_eq!(draining(&m, "echo"), [true]);
+    let drains = reader.drains("test").await.unwrap();
+    assert_eq!(
+        drains["echo"].iter().collect::<Vec<_>>(),
+        ["127_0_0_1_5555", "127_0_0_1_9999"]
+    );
+    // Names that are not one path component are refused.
+    assert!(reader.drain("test", "echo", "../x", &mark).await.is_err());
+    assert!(reader.undrain("test", "a/b", "x").await.is_err());
 }
 
 /// A loopback TCP relay that can cut every connection through it, to
@@ -404,4 +548,47 @@ async fn local_registration_comes_back_if_its_file_is_removed() {
     std::fs::remove_file(&path).unwrap();
     let mut rx = reg.watch().await.unwrap();
     until(&mut rx, "re-registered", |m| m.contains_key("echo")).await;
+}
+
+/// Marks are files beside the services directory; any file there counts
+/// (its content is for people), so `touch` drains an endpoint too.
+#[tokio::test]
+async fn local_drain_marks_are_files_beside_the_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = LocalRegistry::open(dir.path(), "test").unwrap();
+    let _a = reg.register(ep("echo", 7001)).await.unwrap();
+    let _b = reg.register(ep("echo", 7002)).await.unwrap();
+    let mut rx = reg.watch().await.unwrap();
+    let mark = DrainMark::new("127.0.0.1:7001");
+    assert!(
+        rpc_registry::local::drain(dir.path(), "test", "echo", "127_0_0_1_7001", &mark).unwrap()
+    );
+    let file = dir.path().join("test/drain/echo/127_0_0_1_7001.json");
+    let read: DrainMark = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(read, mark);
+    let mut files: Vec<_> = std::fs::read_dir(reg.base().join("echo"))
+        .unwrap()
+        .map(|f| f.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["127_0_0_1_7001.json", "127_0_0_1_7002.json"]);
+    until(&mut rx, "7001 draining", |m| {
+        draining(m, "echo") == [true, false]
+    })
+    .await;
+
+    std::fs::write(dir.path().join("test/drain/echo/127_0_0_1_7002.json"), "").unwrap();
+    until(&mut rx, "both draining", |m| {
+        draining(m, "echo") == [true, true]
+    })
+    .await;
+    let m = rpc_registry::local::read_product(dir.path(), "test").unwrap();
+    assert_eq!(draining(&m, "echo"), [true, true], "one-off reads too");
+    assert!(rpc_registry::local::undrain(dir.path(), "test", "echo", "127_0_0_1_7002").unwrap());
+    assert!(!file.with_file_name("127_0_0_1_7002.json").exists());
+    until(&mut rx, "7002 undrained", |m| {
+        draining(m, "echo") == [true, false]
+    })
+    .await;
+    assert!(rpc_registry::local::drain(dir.path(), "test", "..", "x", &mark).is_err());
 }
