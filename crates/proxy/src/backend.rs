@@ -8,7 +8,7 @@
 //! endpoint, declares the connection dead when the echo stops, and
 //! reconnects with capped backoff for as long as the endpoint is wanted.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +94,10 @@ pub struct Backend {
     /// also shown in the metrics and the dashboard.
     latency: PeakEwma,
     drain: watch::Sender<bool>,
+    /// Drained by an operator (a drain mark in the registry): routes hold
+    /// it out of the service's rotation. The connection itself is
+    /// untouched: heartbeats go on, calls in flight complete.
+    marked_drained: AtomicBool,
 }
 
 impl Backend {
@@ -111,6 +115,7 @@ impl Backend {
             outstanding: AtomicUsize::new(0),
             latency: PeakEwma::new(settings.latency_decay),
             drain,
+            marked_drained: AtomicBool::new(false),
         });
         tokio::spawn(run(backend.clone(), rx, drain_rx, settings));
         backend
@@ -165,6 +170,16 @@ impl Backend {
             self.set_state(State::Draining);
         }
         let _ = self.drain.send(true);
+    }
+
+    /// Whether an operator drained the endpoint (see [`Backend::set_marked_drained`]).
+    pub fn marked_drained(&self) -> bool {
+        self.marked_drained.load(Ordering::Relaxed)
+    }
+
+    /// Records the endpoint's drain mark; whether that changed it.
+    pub fn set_marked_drained(&self, drained: bool) -> bool {
+        self.marked_drained.swap(drained, Ordering::Relaxed) != drained
     }
 
     fn done(&self) {

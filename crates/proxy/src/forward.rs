@@ -7,7 +7,11 @@
 
 use rpc_codec::Message;
 
-use crate::backend::{Job, State};
+use std::sync::Arc;
+
+use rpc_engine::balance::Balancer;
+
+use crate::backend::{Backend, Job, State};
 use crate::routes::Routes;
 
 /// How many times a request that was never written may be re-routed.
@@ -25,28 +29,59 @@ pub enum Refused {
 }
 
 /// Hands the job to a live backend of `service`, trying another when the
-/// chosen connection turns out unable to take it. `first` counts the call
-/// (not its re-routes) in the service's metrics.
-pub fn dispatch(routes: &Routes, service: &str, mut job: Job, first: bool) -> Result<(), Refused> {
+/// chosen connection turns out unable to take it. Drained endpoints get it
+/// only when no other endpoint is up (a busy one does not count: a drain
+/// holds under load). `first` counts the call (not its re-routes) in the
+/// service's metrics.
+pub fn dispatch(routes: &Routes, service: &str, job: Job, first: bool) -> Result<(), Refused> {
     let Some(pool) = routes.services.get(service) else {
         return Err(Refused::Unknown);
     };
     if first {
         pool.requests.inc();
     }
-    for _ in 0..pool.backends.len().max(1) {
-        let Some(i) = pool.balancer.pick(&pool.backends) else {
-            break;
+    let tries = pool.backends.len().max(1);
+    let job = match offer(&pool.balancer, &pool.backends, job, tries) {
+        Ok(()) => return Ok(()),
+        Err(Offer::NoneUp(job)) if !pool.drained.is_empty() => {
+            match offer(&pool.balancer, &pool.drained, job, pool.drained.len()) {
+                Ok(()) => return Ok(()),
+                Err(Offer::NoneUp(job) | Offer::Refused(job)) => job,
+            }
+        }
+        Err(Offer::NoneUp(job) | Offer::Refused(job)) => job,
+    };
+    if pool.endpoints().any(|b| b.state() == State::Connecting) {
+        return Err(Refused::Connecting(job));
+    }
+    Err(Refused::NoEndpoint)
+}
+
+/// A job [`offer`] could not place, and why.
+enum Offer {
+    /// No backend was up.
+    NoneUp(Job),
+    /// Those picked could not take it (full, or closed meanwhile).
+    Refused(Job),
+}
+
+/// Up to `tries` picks among `backends` until one takes the job.
+fn offer(
+    balancer: &Balancer,
+    backends: &[Arc<Backend>],
+    mut job: Job,
+    tries: usize,
+) -> Result<(), Offer> {
+    for _ in 0..tries {
+        let Some(i) = balancer.pick(backends) else {
+            return Err(Offer::NoneUp(job));
         };
-        match pool.backends[i].try_send(job) {
+        match backends[i].try_send(job) {
             Ok(()) => return Ok(()),
             Err(back) => job = back,
         }
     }
-    if pool.backends.iter().any(|b| b.state() == State::Connecting) {
-        return Err(Refused::Connecting(job));
-    }
-    Err(Refused::NoEndpoint)
+    Err(Offer::Refused(job))
 }
 
 /// Sends a ONEWAY message (name still `service:method`); nothing is ever
@@ -60,16 +95,17 @@ pub fn oneway(routes: &Routes, mut msg: Message) {
     };
     pool.requests.inc();
     msg.strip_service();
-    let mut job = Job { msg, reply: None };
-    for _ in 0..MAX_REROUTES {
-        let Some(i) = pool.balancer.pick(&pool.backends) else {
-            break;
-        };
-        match pool.backends[i].try_send(job) {
+    let job = Job { msg, reply: None };
+    let tries = MAX_REROUTES as usize;
+    let job = match offer(&pool.balancer, &pool.backends, job, tries) {
+        Ok(()) => return,
+        // Like a call: a drained endpoint only when no other is up.
+        Err(Offer::NoneUp(job)) => match offer(&pool.balancer, &pool.drained, job, tries) {
             Ok(()) => return,
-            Err(back) => job = back,
-        }
-    }
+            Err(Offer::NoneUp(job) | Offer::Refused(job)) => job,
+        },
+        Err(Offer::Refused(job)) => job,
+    };
     let name = String::from_utf8_lossy(job.msg.name());
     tracing::warn!(method = %name, "oneway call dropped: no live endpoint");
 }

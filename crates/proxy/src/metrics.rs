@@ -33,6 +33,7 @@ pub struct Metrics {
     backend_up: Family<Labels, Gauge>,
     backend_outstanding: Family<Labels, Gauge>,
     backend_latency: Family<Labels, Gauge>,
+    backend_draining: Family<Labels, Gauge>,
 }
 
 /// The error replies the proxy itself produces (SPEC §3), by kind.
@@ -67,6 +68,7 @@ impl Metrics {
         let backend_up = Family::<Labels, Gauge>::default();
         let backend_outstanding = Family::<Labels, Gauge>::default();
         let backend_latency = Family::<Labels, Gauge>::default();
+        let backend_draining = Family::<Labels, Gauge>::default();
         registry.register("requests", "Calls received, by service", requests.clone());
         registry.register(
             "errors",
@@ -98,6 +100,11 @@ impl Metrics {
             "Reply latency estimate of the endpoint the balancer weighs (peak EWMA; decays toward zero while idle)",
             backend_latency.clone(),
         );
+        registry.register(
+            "endpoint_draining",
+            "1 while an operator has drained the endpoint (rpcctl drain)",
+            backend_draining.clone(),
+        );
         Arc::new(Metrics {
             registry,
             requests,
@@ -107,6 +114,7 @@ impl Metrics {
             backend_up,
             backend_outstanding,
             backend_latency,
+            backend_draining,
         })
     }
 
@@ -128,8 +136,9 @@ impl Metrics {
         self.backend_up.clear();
         self.backend_outstanding.clear();
         self.backend_latency.clear();
+        self.backend_draining.clear();
         for (service, pool) in &routes.services {
-            for b in &pool.backends {
+            for b in pool.endpoints() {
                 let labels = vec![
                     ("service", service.clone()),
                     ("endpoint", b.address.to_string()),
@@ -142,6 +151,8 @@ impl Metrics {
                 self.backend_latency
                     .get_or_create(&labels)
                     .set(b.latency_us() as i64);
+                let draining = i64::from(b.marked_drained());
+                self.backend_draining.get_or_create(&labels).set(draining);
             }
         }
         let mut out = String::new();
@@ -170,13 +181,14 @@ fn snapshot(routes: &Routes) -> Vec<serde_json::Value> {
     let mut services: Vec<_> = routes.services.iter().collect();
     services.sort_by(|a, b| a.0.cmp(b.0));
     for (service, pool) in services {
-        for b in &pool.backends {
+        for b in pool.endpoints() {
             rows.push(serde_json::json!({
                 "service": service,
                 "endpoint": b.address.to_string(),
                 "state": format!("{:?}", b.state()),
                 "outstanding": b.outstanding(),
                 "latency_us": b.latency_us(),
+                "draining": b.marked_drained(),
             }));
         }
     }
@@ -209,13 +221,21 @@ impl StatusPage for Page {
                 self.metrics.accepted.get()
             ),
         );
-        page.table(&["service", "endpoint", "state", "outstanding", "latency µs"]);
+        page.table(&[
+            "service",
+            "endpoint",
+            "state",
+            "draining",
+            "outstanding",
+            "latency µs",
+        ]);
         for row in snapshot(&routes) {
             let text = |k: &str| Cell::Text(row[k].as_str().unwrap_or("").to_string());
             page.row([
                 text("service"),
                 text("endpoint"),
                 Cell::State(row["state"].as_str().unwrap_or("").to_string()),
+                Cell::Text(if row["draining"] == true { "yes" } else { "" }.into()),
                 Cell::Text(row["outstanding"].to_string()),
                 Cell::Text(row["latency_us"].to_string()),
             ]);

@@ -3,6 +3,12 @@
 //! A manager task turns every registry snapshot into a fresh immutable
 //! [`Routes`] and publishes it; request paths read the latest one without
 //! locking anything for longer than an `Arc` clone.
+//!
+//! Endpoints an operator drained (a drain mark in the registry) keep their
+//! connection but sit in [`ServicePool::drained`], out of the rotation:
+//! `forward` sends them new calls only while no other endpoint of the
+//! service is up (all drained, or the rest down), because failing calls
+//! would be worse than using an endpoint that still serves.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,11 +22,22 @@ use rpc_engine::balance::{Balancer, Strategy};
 
 /// Endpoints of one service, and how to choose among them.
 pub struct ServicePool {
+    /// The rotation: endpoints not drained.
     pub backends: Vec<Arc<Backend>>,
+    /// Endpoints an operator drained: connected, picked only as a last
+    /// resort.
+    pub drained: Vec<Arc<Backend>>,
     /// Kept across table rebuilds (its round-robin cursor with it).
     pub balancer: Arc<Balancer>,
     /// Calls received for the service (kept across table rebuilds).
     pub requests: prometheus_client::metrics::counter::Counter,
+}
+
+impl ServicePool {
+    /// Every endpoint, drained ones last.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.backends.iter().chain(&self.drained)
+    }
 }
 
 #[derive(Default)]
@@ -62,12 +79,14 @@ impl RouteManager {
     }
 
     /// Rebuilds the table from one registry snapshot: new endpoints get a
-    /// connection, removed ones are drained (no new requests at once).
+    /// connection, removed ones are drained (no new requests at once), and
+    /// endpoints with a drain mark leave the rotation (or rejoin it).
     pub fn apply(&mut self, map: &ServiceMap) {
         let mut wanted = HashSet::new();
         let mut services = HashMap::new();
         for (service, endpoints) in map {
             let mut backends = Vec::new();
+            let mut drained = Vec::new();
             for ep in endpoints {
                 let Ok(address) = ep.frontend.parse::<Address>() else {
                     tracing::warn!(%service, frontend = %ep.frontend, "endpoint with unusable address skipped");
@@ -87,10 +106,21 @@ impl RouteManager {
                     .entry(key)
                     .or_insert_with(|| {
                         tracing::info!(%service, endpoint = %address, "endpoint added");
-                        Backend::spawn(service.clone(), address, self.settings.clone())
+                        Backend::spawn(service.clone(), address.clone(), self.settings.clone())
                     })
                     .clone();
-                backends.push(backend);
+                if backend.set_marked_drained(ep.draining) {
+                    if ep.draining {
+                        tracing::info!(%service, endpoint = %address, "endpoint drained: no new calls while another is up");
+                    } else {
+                        tracing::info!(%service, endpoint = %address, "endpoint undrained");
+                    }
+                }
+                if ep.draining {
+                    drained.push(backend);
+                } else {
+                    backends.push(backend);
+                }
             }
             let strategy = match self.balance {
                 rpc_config::Balance::P2c => Strategy::P2c,
@@ -103,6 +133,7 @@ impl RouteManager {
                 .clone();
             let pool = ServicePool {
                 backends,
+                drained,
                 balancer,
                 requests: self.metrics.service_requests(service),
             };
