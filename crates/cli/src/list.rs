@@ -1,6 +1,6 @@
 //! `rpcctl list [PRODUCT [SERVICE]]`: what the registry holds, product by
 //! product, service by service, with each endpoint's whole SPEC §6 record
-//! and how long ago it started.
+//! and how long ago it started, and whether an operator drained it.
 
 use rpc_registry::Endpoint;
 use serde::Serialize;
@@ -33,13 +33,15 @@ pub struct Service {
 
 /// The record as registered (`service`, `service_id`, `frontend`,
 /// `deploy_path`, `code_url_version`, `hostname`, `start_time`; missing
-/// optional ones are `""`) and `started_ago_s`: seconds since
-/// `start_time`, `null` when it cannot be read.
+/// optional ones are `""`), `started_ago_s`: seconds since `start_time`,
+/// `null` when it cannot be read, and `draining`: whether the endpoint has
+/// a drain mark (`rpcctl drain`), so that proxies send it no new calls.
 #[derive(Serialize)]
 pub struct EndpointView {
     #[serde(flatten)]
     pub endpoint: Endpoint,
     pub started_ago_s: Option<i64>,
+    pub draining: bool,
 }
 
 /// Reads every product, or only `product`, and within it every service or
@@ -70,6 +72,7 @@ pub async fn gather(
                     .into_iter()
                     .map(|endpoint| EndpointView {
                         started_ago_s: age::seconds_since(&endpoint.start_time),
+                        draining: endpoint.draining,
                         endpoint,
                     })
                     .collect(),
@@ -93,6 +96,7 @@ impl Listing {
             "SERVICE",
             "FRONTEND",
             "SERVICE_ID",
+            "DRAINING",
             "HOSTNAME",
             "START_TIME",
             "STARTED",
@@ -118,6 +122,7 @@ impl Listing {
                         s.service.clone(),
                         ep.frontend.clone(),
                         ep.service_id.clone(),
+                        if e.draining { "yes" } else { "no" }.into(),
                         ep.hostname.clone(),
                         ep.start_time.clone(),
                         e.started_ago_s.map(age::human).unwrap_or_default(),

@@ -1,10 +1,12 @@
 //! `rpcctl`: the operator's tool. `list` shows what the registry holds;
 //! `ping` checks that the endpoints of a service answer SPEC §4
-//! heartbeats. Nothing is ever registered or changed in the registry (the
-//! embedded one drops the entries of dead processes, as every reader of
-//! it does).
+//! heartbeats; `drain` and `undrain` put and remove an endpoint's drain
+//! mark, which takes it out of the proxies' rotation and back. Nothing
+//! else is ever registered or changed in the registry (the embedded one
+//! drops the entries of dead processes, as every reader of it does).
 
 mod age;
+mod drain;
 mod list;
 mod ping;
 mod source;
@@ -26,12 +28,13 @@ const REGISTRY_WAIT: Duration = Duration::from_secs(10);
 #[command(
     name = "rpcctl",
     version,
-    about = "Inspect the registry and check endpoints (read-only)",
+    about = "Inspect the registry, check endpoints, drain and undrain them",
     after_help = "Registry: --zk, else the `zk` key of -c config.ini, else the embedded \
                   registry the other binaries default to (RPC_REGISTRY_DIR or the system's \
                   temporary directory).\n\
-                  Exit status: 0 on success; 1 when the registry cannot be read, or when \
-                  `ping` got no echo from any endpoint."
+                  Exit status: 0 on success; 1 when the registry cannot be read or written, \
+                  when `ping` got no echo from any endpoint, or when `drain`/`undrain` name \
+                  an endpoint that is not registered (without --force)."
 )]
 struct Args {
     /// Registry: ZooKeeper hosts `h1:2181,h2:2181`, or `local:DIR` (`local`
@@ -72,6 +75,29 @@ enum Command {
               value_parser = clap::value_parser!(u64).range(1..))]
         timeout_ms: u64,
     },
+    /// Stop proxies sending new calls to one endpoint of SERVICE, which
+    /// keeps running: its calls in flight complete, its connections stay.
+    /// While no other endpoint of SERVICE is up, proxies still use it
+    /// rather than fail calls.
+    Drain(DrainArgs),
+    /// Let proxies send calls to a drained endpoint again.
+    Undrain(DrainArgs),
+}
+
+#[derive(clap::Args)]
+struct DrainArgs {
+    /// The service the endpoint serves.
+    service: String,
+    /// The endpoint: its registered frontend address (`host:port`, socket
+    /// path) or its service_id.
+    endpoint: String,
+    /// Product of SERVICE [default: the config's `product`, else test].
+    #[arg(short, long)]
+    product: Option<String>,
+    /// Act even if ENDPOINT is not registered (a mark for an endpoint not
+    /// yet started, or the leftover mark of one that is gone).
+    #[arg(long)]
+    force: bool,
 }
 
 fn main() -> ExitCode {
@@ -144,7 +170,53 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Drain(d) => {
+            change(&source, drain::Action::Drain, d, config.product, args.json).await
+        }
+        Command::Undrain(d) => {
+            change(
+                &source,
+                drain::Action::Undrain,
+                d,
+                config.product,
+                args.json,
+            )
+            .await
+        }
     }
+}
+
+/// `rpcctl drain` / `rpcctl undrain`.
+async fn change(
+    source: &Source,
+    action: drain::Action,
+    args: DrainArgs,
+    default_product: String,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let product = args.product.unwrap_or(default_product);
+    let change = drain::run(
+        source,
+        action,
+        &product,
+        &args.service,
+        &args.endpoint,
+        args.force,
+    )
+    .await?;
+    if action == drain::Action::Drain && change.all_drained() {
+        eprintln!(
+            "rpcctl: every endpoint of {product}/{} is drained: proxies keep sending \
+             them calls rather than fail them",
+            args.service
+        );
+    }
+    print(if json {
+        change.to_json()
+    } else {
+        change.to_table()
+    });
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print(text: String) {

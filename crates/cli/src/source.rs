@@ -1,6 +1,6 @@
 //! Where `rpcctl` reads: the registry `--zk` or the config's `zk` names
-//! (ZooKeeper, or the embedded directory registry), read once; nothing
-//! is created in it.
+//! (ZooKeeper, or the embedded directory registry), read once. Nothing is
+//! created in it but the drain marks `drain` asks for.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rpc_config::RegistrySpec;
-use rpc_registry::{local, zk::ZkReader, RegistryError, ServiceMap};
+use rpc_registry::{local, zk::ZkReader, DrainMark, RegistryError, ServiceMap};
 
 pub enum Source {
     ZooKeeper {
@@ -72,6 +72,55 @@ impl Source {
             Source::Local(dir) => Ok(local::read_product(dir, product)?),
         }
         .with_context(|| format!("read product {product} from {}", self.describe()))
+    }
+
+    /// Puts a drain mark on endpoint `service_id` of `product`/`service`;
+    /// false if it had one.
+    pub async fn drain(
+        &self,
+        product: &str,
+        service: &str,
+        service_id: &str,
+        mark: &DrainMark,
+    ) -> anyhow::Result<bool> {
+        match self {
+            Source::ZooKeeper {
+                hosts,
+                reader,
+                timeout,
+            } => {
+                let request = reader.drain(product, service, service_id, mark);
+                bounded(hosts, *timeout, request).await
+            }
+            Source::Local(dir) => Ok(local::drain(dir, product, service, service_id, mark)?),
+        }
+        .with_context(|| format!("drain {product}/{service} {service_id}"))
+    }
+
+    /// Removes the drain mark of endpoint `service_id`; false if it had
+    /// none.
+    pub async fn undrain(
+        &self,
+        product: &str,
+        service: &str,
+        service_id: &str,
+    ) -> anyhow::Result<bool> {
+        match self {
+            Source::ZooKeeper {
+                hosts,
+                reader,
+                timeout,
+            } => {
+                bounded(
+                    hosts,
+                    *timeout,
+                    reader.undrain(product, service, service_id),
+                )
+                .await
+            }
+            Source::Local(dir) => Ok(local::undrain(dir, product, service, service_id)?),
+        }
+        .with_context(|| format!("undrain {product}/{service} {service_id}"))
     }
 }
 

@@ -46,14 +46,12 @@ fn without_ages(doc: &Value) -> Value {
 }
 
 /// An endpoint of the listing carries its record exactly as registered,
-/// and a start moments ago.
+/// a start moments ago, and no drain mark.
 fn assert_record(listed: &Value, registered: &rpc_registry::Endpoint) {
     let mut record = listed.clone();
-    let ago = record
-        .as_object_mut()
-        .unwrap()
-        .remove("started_ago_s")
-        .expect("started_ago_s");
+    let fields = record.as_object_mut().unwrap();
+    assert_eq!(fields.remove("draining"), Some(Value::Bool(false)));
+    let ago = fields.remove("started_ago_s").expect("started_ago_s");
     assert_eq!(record, serde_json::to_value(registered).unwrap());
     let ago = ago.as_i64().expect("a readable start time");
     assert!((0..60).contains(&ago), "started {ago} s ago");
@@ -110,6 +108,7 @@ async fn zookeeper_every_product_service_and_endpoint() {
         "SERVICE",
         "FRONTEND",
         "SERVICE_ID",
+        "DRAINING",
         "HOSTNAME",
         "START_TIME",
         "STARTED",
@@ -125,6 +124,7 @@ async fn zookeeper_every_product_service_and_endpoint() {
             "echo",
             "127.0.0.1:5555",
             "127_0_0_1_5555",
+            "no",
             &a.hostname,
             &a.start_time,
             "/srv/echo",
