@@ -186,6 +186,12 @@ pub struct Config {
     pub worker_restart_backoff: Duration,
     /// HTTP address for metrics and the status page.
     pub metrics_address: Option<String>,
+    /// Methods per service with series of their own (per-method metrics
+    /// and the `falcon_client` push); later ones are counted as `other`.
+    pub metrics_max_methods: usize,
+    /// How often per-method statistics go to `falcon_client` (60 s, as
+    /// the original).
+    pub falcon_interval: Duration,
     /// Tokio worker threads; 0 picks for the machine.
     pub threads: usize,
 
@@ -234,6 +240,8 @@ impl Default for Config {
             worker_max_requests: 0,
             worker_restart_backoff: Duration::from_secs(1),
             metrics_address: None,
+            metrics_max_methods: 64,
+            falcon_interval: Duration::from_secs(60),
             threads: 0,
             unknown: BTreeMap::new(),
         }
@@ -395,6 +403,11 @@ impl Config {
             "worker_max_requests" => self.worker_max_requests = parse(k, v)?,
             "worker_restart_backoff" => self.worker_restart_backoff = seconds(k, v)?,
             "metrics_address" => self.metrics_address = opt(v),
+            "metrics_max_methods" => self.metrics_max_methods = positive(k, v)?,
+            "falcon_interval" => match seconds(k, v)? {
+                d if d.is_zero() => return Err(invalid(k, v, "must be above 0")),
+                d => self.falcon_interval = d,
+            },
             "threads" => self.threads = parse(k, v)?,
             _ => {
                 tracing::warn!(key = k, "unknown configuration key ignored");
@@ -559,6 +572,28 @@ mod tests {
             c.front_address().unwrap(),
             Address::Tcp("127.0.0.1:9".into())
         );
+    }
+
+    #[test]
+    fn per_method_statistics_keys() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(
+            (c.metrics_max_methods, c.falcon_interval),
+            (64, Duration::from_secs(60))
+        );
+        let c = Config::parse("metrics_max_methods=8\nfalcon_interval=0.5").unwrap();
+        assert_eq!(
+            (c.metrics_max_methods, c.falcon_interval),
+            (8, Duration::from_millis(500))
+        );
+        for bad in [
+            "metrics_max_methods=0",
+            "falcon_interval=0",
+            "falcon_interval=-1",
+        ] {
+            let e = Config::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(bad.split('=').next().unwrap()), "{e}");
+        }
     }
 
     #[test]

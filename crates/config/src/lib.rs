@@ -6,6 +6,10 @@ mod ini;
 mod logging;
 mod process;
 #[cfg(feature = "status-page")]
+pub mod falcon;
+#[cfg(feature = "status-page")]
+pub mod methods;
+#[cfg(feature = "status-page")]
 pub mod status_page;
 
 pub use cli::CommonArgs;
