@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::backend::{Job, Outcome, ReplyTo};
 use crate::forward::{self, Refused, MAX_REROUTES};
-use crate::metrics::{ErrorKind, Metrics};
+use crate::metrics::{CallEnd, CallTally, ErrorKind, Metrics};
 use crate::routes::Routes;
 
 pub struct ClientSettings {
@@ -50,7 +50,7 @@ pub async fn serve(
 ) {
     let opts = Options::new(settings.max_frame).frame_timeout(settings.frame_timeout);
     let mut hop = ClientConn {
-        q: Slots::new(routes, settings.metrics.clone()),
+        q: Slots::new(routes, settings.metrics.clone(), settings.rpc_timeout),
         settings,
         retry_at: None,
     };
@@ -74,6 +74,7 @@ impl ClientConn {
     /// Writes the finished head of the queue and arms the retry timer.
     fn settle(&mut self, cx: &mut Cx<'_>) {
         self.q.pop_done(cx);
+        self.q.calls.flush();
         if self.q.connecting > 0 && self.retry_at.is_none() {
             self.retry_at = Some(cx.now() + CONNECT_WAIT);
         }
@@ -109,8 +110,8 @@ impl Hop for ClientConn {
         self.q.replies.is_some()
     }
 
-    fn on_event(&mut self, (slot, outcome): Self::Event, _cx: &mut Cx<'_>) -> Flow {
-        self.q.complete(slot, outcome);
+    fn on_event(&mut self, (slot, outcome): Self::Event, cx: &mut Cx<'_>) -> Flow {
+        self.q.complete(slot, outcome, cx.now());
         Flow::Continue
     }
 
@@ -127,7 +128,7 @@ impl Hop for ClientConn {
         self.q.expire(now);
         if self.retry_at.is_some_and(|r| r <= now) {
             self.retry_at = None;
-            self.q.retry_connecting();
+            self.q.retry_connecting(now);
         }
         self.settle(cx);
         Flow::Continue
@@ -201,10 +202,16 @@ struct Slots {
     reply_tx: Option<mpsc::UnboundedSender<(u64, Outcome)>>,
     replies: Option<mpsc::UnboundedReceiver<(u64, Outcome)>>,
     metrics: Arc<Metrics>,
+    /// How the calls ended, per service and method.
+    calls: CallTally,
 }
 
 impl Slots {
-    fn new(mut routes_rx: watch::Receiver<Arc<Routes>>, metrics: Arc<Metrics>) -> Slots {
+    fn new(
+        mut routes_rx: watch::Receiver<Arc<Routes>>,
+        metrics: Arc<Metrics>,
+        rpc_timeout: Duration,
+    ) -> Slots {
         let routes = routes_rx.borrow_and_update().clone();
         Slots {
             slots: VecDeque::new(),
@@ -214,6 +221,7 @@ impl Slots {
             routes,
             reply_tx: None,
             replies: None,
+            calls: CallTally::new(metrics.clone(), rpc_timeout),
             metrics,
         }
     }
@@ -252,10 +260,15 @@ impl Slots {
                     state: State::Waiting,
                 });
                 msg.strip_service();
-                self.route(idx, msg, true);
+                let now = self.calls.arrival(deadline);
+                self.route(idx, msg, true, now);
             }
             MessageType::Oneway => {
                 self.refresh_routes();
+                let service = msg.service().and_then(|s| std::str::from_utf8(s).ok());
+                if service.is_some_and(|s| self.routes.services.contains_key(s)) {
+                    self.calls.oneway(msg.name());
+                }
                 forward::oneway(&self.routes, msg);
             }
             MessageType::Heartbeat => {
@@ -274,7 +287,7 @@ impl Slots {
 
     /// Hands slot `idx`'s message to a backend, or settles the slot.
     /// `first` is the request's first attempt (counted in the metrics).
-    fn route(&mut self, idx: usize, msg: Message, first: bool) {
+    fn route(&mut self, idx: usize, msg: Message, first: bool, now: Instant) {
         self.refresh_routes();
         let id = self.base + idx as u64;
         let tx = self.reply_tx();
@@ -304,6 +317,9 @@ impl Slots {
             }
             Refused::NoEndpoint => {
                 self.metrics.error(ErrorKind::NoEndpoint);
+                let name = slot.name.as_bytes();
+                self.calls
+                    .ended(name, slot.deadline, CallEnd::NoEndpoint, now);
                 State::Done(Some(
                     Failure::NoEndpoint.to_exception(service, method, seqid),
                 ))
@@ -311,8 +327,8 @@ impl Slots {
         };
     }
 
-    /// An outcome from a backend.
-    fn complete(&mut self, id: u64, outcome: Outcome) {
+    /// An outcome from a backend, at `now`.
+    fn complete(&mut self, id: u64, outcome: Outcome, now: Instant) {
         let Some(idx) = id.checked_sub(self.base).map(|i| i as usize) else {
             return; // answered already (timed out): drop the late reply
         };
@@ -326,11 +342,19 @@ impl Slots {
             Outcome::NotSent(msg) if slot.reroutes + 1 < MAX_REROUTES => {
                 // Never written: safe to send elsewhere.
                 slot.reroutes += 1;
-                return self.route(idx, msg, false);
+                return self.route(idx, msg, false, now);
             }
             other => other,
         };
         let (service, method, seqid) = (slot.service(), slot.method(), slot.client_seqid);
+        let end = match &outcome {
+            Outcome::Reply(r) if r.kind() == MessageType::Exception => CallEnd::Exception,
+            Outcome::Reply(_) => CallEnd::Ok,
+            Outcome::Failed(failure) => CallEnd::of(failure),
+            Outcome::NotSent(_) => CallEnd::NotSent,
+        };
+        self.calls
+            .ended(slot.name.as_bytes(), slot.deadline, end, now);
         slot.state = State::Done(Some(match outcome {
             // The backend gave the reply back the client's seqid.
             Outcome::Reply(reply) => reply.into_bytes(),
@@ -356,10 +380,15 @@ impl Slots {
                 State::Done(_) => continue,
                 State::Waiting => {
                     self.metrics.error(ErrorKind::Timeout);
+                    let name = slot.name.as_bytes();
+                    self.calls.ended(name, slot.deadline, CallEnd::Timeout, now);
                     Failure::Timeout.to_exception(service, method, seqid)
                 }
                 State::Connecting(_) => {
                     self.metrics.error(ErrorKind::NoEndpoint);
+                    let name = slot.name.as_bytes();
+                    self.calls
+                        .ended(name, slot.deadline, CallEnd::NoEndpoint, now);
                     self.connecting -= 1;
                     Failure::NoEndpoint.to_exception(service, method, seqid)
                 }
@@ -369,7 +398,7 @@ impl Slots {
     }
 
     /// Tries again the slots waiting for a connection to open.
-    fn retry_connecting(&mut self) {
+    fn retry_connecting(&mut self, now: Instant) {
         for idx in 0..self.slots.len() {
             if matches!(self.slots[idx].state, State::Connecting(_)) {
                 let State::Connecting(msg) =
@@ -378,7 +407,7 @@ impl Slots {
                     unreachable!()
                 };
                 self.connecting -= 1;
-                self.route(idx, msg, false);
+                self.route(idx, msg, false, now);
             }
         }
     }

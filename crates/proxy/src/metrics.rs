@@ -6,17 +6,23 @@
 //! service's request counter lives in its routing entry), so counting costs
 //! one atomic add per request and no lookup. Per-endpoint gauges
 //! (state, outstanding requests, latency) are read from the live routing
-//! table when scraped.
+//! table when scraped. Calls per service and method are tallied by each
+//! client connection and added to the shared counts once per wake-up
+//! ([`CallTally`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use rpc_config::methods::{MethodCollector, MethodTally, Methods};
 use rpc_config::status_page::{self, Cell, Dashboard, StatusPage};
+use rpc_engine::Failure;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::backend::State as BackendState;
 use crate::routes::Routes;
@@ -26,6 +32,8 @@ type Labels = Vec<(&'static str, String)>;
 /// Every metric of one proxy.
 pub struct Metrics {
     registry: Registry,
+    /// Calls per service and method (the status page, open-falcon).
+    pub methods: Arc<Methods>,
     requests: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
     pub accepted: Counter,
@@ -59,8 +67,12 @@ impl ErrorKind {
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
+    /// `max_methods`: methods per service with series of their own.
+    pub fn new(max_methods: usize) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("rpc_proxy");
+        let methods = Arc::new(Methods::new(max_methods));
+        let ends = CALL_ENDS.iter().copied();
+        registry.register_collector(Box::new(MethodCollector::new(methods.clone(), ends)));
         let requests = Family::<Labels, Counter>::default();
         let errors = Family::<Labels, Counter>::default();
         let accepted = Counter::default();
@@ -107,6 +119,7 @@ impl Metrics {
         );
         Arc::new(Metrics {
             registry,
+            methods,
             requests,
             errors,
             accepted,
@@ -241,5 +254,103 @@ impl StatusPage for Page {
             ]);
         }
         page.finish()
+    }
+}
+
+/// How a call ended: the `outcome` label of
+/// `rpc_proxy_method_requests_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum CallEnd {
+    /// The endpoint's REPLY.
+    Ok,
+    /// The endpoint's EXCEPTION.
+    Exception,
+    Timeout,
+    /// No endpoint could take it.
+    NoEndpoint,
+    /// Sent, then the endpoint's connection was lost.
+    Lost,
+    /// Every connection tried was full or went down before writing it.
+    NotSent,
+    /// Any other failure (the proxy stopping).
+    Failed,
+    /// Forwarded, nothing to answer.
+    Oneway,
+}
+
+const CALL_ENDS: [&str; 8] = [
+    "ok",
+    "exception",
+    "timeout",
+    "no_endpoint",
+    "lost",
+    "not_sent",
+    "failed",
+    "oneway",
+];
+
+impl CallEnd {
+    /// The end of a call answered with `failure`.
+    pub fn of(failure: &Failure) -> CallEnd {
+        match failure {
+            Failure::Timeout | Failure::TimeoutInQueue => CallEnd::Timeout,
+            Failure::NoEndpoint => CallEnd::NoEndpoint,
+            Failure::Lost { .. } => CallEnd::Lost,
+            Failure::NotSent => CallEnd::NotSent,
+            _ => CallEnd::Failed,
+        }
+    }
+}
+
+/// One client connection's calls per service and method since its last
+/// wake-up: no lock or allocation per call (a hash lookup of the name).
+pub struct CallTally {
+    metrics: Arc<Metrics>,
+    tally: MethodTally,
+    /// A call arrived this long before its deadline.
+    rpc_timeout: Duration,
+}
+
+impl CallTally {
+    pub fn new(metrics: Arc<Metrics>, rpc_timeout: Duration) -> CallTally {
+        CallTally {
+            metrics,
+            tally: MethodTally::default(),
+            rpc_timeout,
+        }
+    }
+
+    /// A call named `name` (`service:method`, of a known service) with
+    /// `deadline` ended at `now`.
+    pub fn ended(&mut self, name: &[u8], deadline: Instant, end: CallEnd, now: Instant) {
+        let latency = now.saturating_duration_since(self.arrival(deadline));
+        self.count(name, end, Some(latency));
+    }
+
+    /// When a call with `deadline` arrived.
+    pub fn arrival(&self, deadline: Instant) -> Instant {
+        deadline.checked_sub(self.rpc_timeout).unwrap_or(deadline)
+    }
+
+    /// A oneway call named `name` (of a known service) was forwarded.
+    pub fn oneway(&mut self, name: &[u8]) {
+        self.count(name, CallEnd::Oneway, None);
+    }
+
+    fn count(&mut self, name: &[u8], end: CallEnd, latency: Option<Duration>) {
+        let methods = &self.metrics.methods;
+        let id = self.tally.id(name, || {
+            let (service, method) = match name.iter().position(|&b| b == b':') {
+                Some(p) => (&name[..p], &name[p + 1..]),
+                None => (&b""[..], name),
+            };
+            methods.resolve(service, method)
+        });
+        self.tally.record(id, end as usize, latency);
+    }
+
+    /// Adds this wake-up's calls to the shared counts.
+    pub fn flush(&mut self) {
+        self.tally.flush();
     }
 }

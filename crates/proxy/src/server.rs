@@ -57,7 +57,8 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         connect_timeout: Duration::from_secs(3),
         latency_decay: config.balance_decay,
     };
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(config.metrics_max_methods);
+    let falcon = rpc_config::falcon::start(config, &metrics.methods);
     let (mut manager, routes) = RouteManager::new(
         config.product.clone(),
         settings,
@@ -92,6 +93,8 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
     let task = tokio::spawn(async move {
         // Keeps the registry (and its watch) alive while we serve.
         let _registry = registry;
+        // Pushes per-method statistics until the proxy stops.
+        let _falcon = falcon;
         let mut stop = watch;
         tokio::select! {
             _ = follow(&mut manager, &mut registry_rx) => {}
