@@ -85,7 +85,11 @@ pub async fn serve(
         answers,
         inflight: 0,
         jobs: Vec::new(),
-        tally: Tally::default(),
+        tally: Tally::new(
+            settings.metrics.methods.clone(),
+            settings.service.clone(),
+            settings.rpc_timeout,
+        ),
     };
     // Borrowed, not moved: the watch must live until the connection ends,
     // since the server's drain waits for it.
@@ -146,7 +150,13 @@ impl Hop for FrontConn<'_> {
     }
 
     fn on_event(&mut self, answer: Answer, cx: &mut Cx<'_>) -> Flow {
-        cx.send(frame_of(answer, &self.settings.service, &mut self.tally));
+        let now = cx.now();
+        cx.send(frame_of(
+            answer,
+            &self.settings.service,
+            &mut self.tally,
+            now,
+        ));
         self.inflight -= 1;
         Flow::Continue
     }
@@ -164,24 +174,26 @@ impl Hop for FrontConn<'_> {
     }
 }
 
-/// The frame an answer becomes; counts how the request ended.
-fn frame_of(a: Answer, service: &str, tally: &mut Tally) -> Bytes {
+/// The frame an answer becomes; counts how the request ended (at `now`).
+fn frame_of(a: Answer, service: &str, tally: &mut Tally, now: Instant) -> Bytes {
     match a {
         Answer::Reply(msg) => {
-            tally.count(if msg.kind() == MessageType::Exception {
+            let e = if msg.kind() == MessageType::Exception {
                 Ending::Exception
             } else {
                 Ending::Ok
-            });
+            };
+            tally.answered(msg.seqid(), msg.name(), e, now);
             msg.into_bytes()
         }
         Answer::Error(f) => {
-            tally.count(match &f.failure {
+            let e = match &f.failure {
                 Failure::TimeoutInQueue => Ending::TimeoutInQueue,
                 Failure::Timeout => Ending::Timeout,
                 Failure::Rejected(_) => Ending::RejectedQueueFull,
                 _ => Ending::WorkerLost,
-            });
+            };
+            tally.answered(f.seqid, f.method.as_bytes(), e, now);
             f.failure
                 .to_exception(service, f.method.as_bytes(), f.seqid)
         }
@@ -207,10 +219,11 @@ fn request(
                 msg.strip_service();
             }
             let reply = if msg.kind() == MessageType::Oneway {
-                tally.count(Ending::Oneway);
+                tally.oneway(msg.name());
                 None
             } else {
                 *inflight += 1;
+                tally.call(msg.seqid(), msg.name(), deadline);
                 Some(ReplyTo::new(tx.clone(), msg.seqid(), msg.name()))
             };
             jobs.push(Job {

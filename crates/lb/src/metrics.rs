@@ -2,8 +2,9 @@
 //! proxy's: Prometheus `/metrics`, `/status` JSON, dashboard at `/`).
 //!
 //! Counting stays off the request path's shared state:
-//! - a proxy connection tallies how its answers ended in a local array and
-//!   adds the batch to the shared [`Requests`] counters once per wake-up;
+//! - a proxy connection tallies how its answers ended in a local array, and
+//!   per method (with each call's latency), and adds the batch to the
+//!   shared [`Requests`] counters and [`Methods`] once per wake-up;
 //! - a worker connection's task is the only writer of its
 //!   [`WorkerCounters`] (replies served, latency, heartbeats): plain loads
 //!   and stores, no locked instruction, no lock; the dispatcher keeps a
@@ -12,8 +13,10 @@
 //! - queue length, in-flight counts and worker states are read from the
 //!   dispatcher when scraped.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -21,7 +24,10 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
+use rpc_config::methods::{MethodCollector, MethodId, MethodTally, Methods};
 use rpc_config::status_page::{escape, Cell, Dashboard, StatusPage};
+use rpc_engine::seq::SeqHash;
+use tokio::time::Instant;
 
 use crate::dispatch::{Dispatcher, Snapshot};
 use crate::supervise::{SlotView, Supervisor};
@@ -74,13 +80,69 @@ const ENDINGS: [(Ending, &str); 7] = [
     (Ending::Oneway, "oneway"),
 ];
 
-/// A proxy connection's counts for one batch, added to [`Requests`] at its end.
-#[derive(Debug, Default)]
-pub struct Tally([u64; ENDINGS.len()]);
+/// A proxy connection's counts for one batch, added to [`Requests`] (and
+/// per method to [`Methods`]) at its end.
+#[derive(Debug)]
+pub struct Tally {
+    ends: [u64; ENDINGS.len()],
+    methods: MethodTally,
+    shared: Arc<Methods>,
+    service: Arc<str>,
+    /// Calls in flight by the seqid they came with (unique among the
+    /// connection's calls in flight, SPEC §4): deadline and method.
+    inflight: HashMap<i32, (Instant, MethodId), SeqHash>,
+    /// A call arrived this long before its deadline.
+    rpc_timeout: Duration,
+}
 
 impl Tally {
-    pub fn count(&mut self, e: Ending) {
-        self.0[e as usize] += 1;
+    /// Calls of `service` count into `shared`.
+    pub fn new(shared: Arc<Methods>, service: Arc<str>, rpc_timeout: Duration) -> Tally {
+        Tally {
+            ends: [0; ENDINGS.len()],
+            methods: MethodTally::default(),
+            shared,
+            service,
+            inflight: HashMap::default(),
+            rpc_timeout,
+        }
+    }
+
+    fn method(&mut self, name: &[u8]) -> MethodId {
+        let (shared, service) = (&self.shared, &self.service);
+        self.methods
+            .id(name, || shared.resolve(service.as_bytes(), name))
+    }
+
+    /// A call of `method` (bare name) with `deadline` goes to a worker.
+    pub fn call(&mut self, seqid: i32, method: &[u8], deadline: Instant) {
+        let id = self.method(method);
+        self.inflight.insert(seqid, (deadline, id));
+    }
+
+    /// A oneway call of `method` goes to a worker.
+    pub fn oneway(&mut self, method: &[u8]) {
+        let id = self.method(method);
+        self.methods.record(id, Ending::Oneway as usize, None);
+        self.count(Ending::Oneway);
+    }
+
+    /// The call `seqid` (named `name`) ended `e` at `now`.
+    pub fn answered(&mut self, seqid: i32, name: &[u8], e: Ending, now: Instant) {
+        self.count(e);
+        let (id, latency) = match self.inflight.remove(&seqid) {
+            Some((deadline, id)) => {
+                let arrived = deadline.checked_sub(self.rpc_timeout).unwrap_or(now);
+                (id, Some(now.saturating_duration_since(arrived)))
+            }
+            // Its seqid was reused by a later call in flight: counted, untimed.
+            None => (self.method(name), None),
+        };
+        self.methods.record(id, e as usize, latency);
+    }
+
+    fn count(&mut self, e: Ending) {
+        self.ends[e as usize] += 1;
     }
 }
 
@@ -89,13 +151,14 @@ impl Tally {
 pub struct Requests([AtomicU64; ENDINGS.len()]);
 
 impl Requests {
-    /// Adds and clears `tally`.
+    /// Adds and clears `tally` (its per-method counts too).
     pub fn add(&self, tally: &mut Tally) {
-        for (total, n) in self.0.iter().zip(tally.0.iter_mut()) {
+        for (total, n) in self.0.iter().zip(tally.ends.iter_mut()) {
             if *n > 0 {
                 total.fetch_add(std::mem::take(n), Ordering::Relaxed);
             }
         }
+        tally.methods.flush();
     }
 
     pub fn get(&self, e: Ending) -> u64 {
@@ -172,6 +235,8 @@ impl WorkerTotals {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub requests: Requests,
+    /// Calls per method (the status page, open-falcon).
+    pub methods: Arc<Methods>,
     /// The endpoint is in the registry.
     pub registered: AtomicBool,
     pub proxy_connections: AtomicI64,
@@ -472,10 +537,23 @@ impl Page {
     }
 }
 
+impl Metrics {
+    /// `max_methods`: methods with series of their own.
+    pub fn new(max_methods: usize) -> Metrics {
+        Metrics {
+            methods: Arc::new(Methods::new(max_methods)),
+            ..Metrics::default()
+        }
+    }
+}
+
 impl StatusPage for Page {
     fn metrics(&self) -> String {
         let mut registry = Registry::with_prefix("rpc_lb");
         registry.register_collector(Box::new(self.clone()));
+        let ends = ENDINGS.map(|(_, label)| label);
+        let methods = MethodCollector::new(self.metrics.methods.clone(), ends);
+        registry.register_collector(Box::new(methods));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String cannot fail");
@@ -617,16 +695,63 @@ mod tests {
         assert_eq!(t.latency_sum_us, 20_000_202);
     }
 
+    fn tally(methods: &Arc<Methods>) -> Tally {
+        Tally::new(methods.clone(), "svc".into(), Duration::from_secs(1))
+    }
+
     #[test]
     fn a_tally_is_added_once_and_cleared() {
         let r = Requests::default();
-        let mut t = Tally::default();
-        t.count(Ending::Ok);
-        t.count(Ending::Ok);
-        t.count(Ending::WorkerLost);
+        let mut t = tally(&Arc::default());
+        let now = Instant::now();
+        t.answered(1, b"m", Ending::Ok, now);
+        t.answered(2, b"m", Ending::Ok, now);
+        t.answered(3, b"m", Ending::WorkerLost, now);
         r.add(&mut t);
         r.add(&mut t);
         assert_eq!((r.get(Ending::Ok), r.get(Ending::WorkerLost)), (2, 1));
         assert_eq!(r.get(Ending::Exception), 0);
+    }
+
+    #[test]
+    fn calls_are_counted_per_method_with_their_latency() {
+        let methods = Arc::new(Methods::new(1));
+        let (r, mut t) = (Requests::default(), tally(&methods));
+        let arrived = Instant::now();
+        let deadline = arrived + Duration::from_secs(1);
+        t.call(7, b"get", deadline);
+        t.call(8, b"put", deadline);
+        t.oneway(b"get");
+        t.answered(
+            8,
+            b"put",
+            Ending::Exception,
+            arrived + Duration::from_millis(3),
+        );
+        t.answered(7, b"whatever the worker named it", Ending::Ok, arrived);
+        // A seqid not in flight: counted under its name, untimed.
+        t.answered(9, b"get", Ending::Timeout, arrived);
+        r.add(&mut t);
+        let all = methods.all();
+        let names: Vec<_> = all.iter().map(|m| (m.service(), m.method())).collect();
+        assert_eq!(names, [("svc", "get"), ("svc", "other")]);
+        let (get, other) = (all[0].snapshot(), all[1].snapshot());
+        let (ok, oneway, timeout) = (
+            Ending::Ok as usize,
+            Ending::Oneway as usize,
+            Ending::Timeout as usize,
+        );
+        assert_eq!(
+            (
+                get.outcomes[ok],
+                get.outcomes[oneway],
+                get.outcomes[timeout]
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!((get.timed(), get.latency_sum_us), (1, 0));
+        assert_eq!(other.outcomes[Ending::Exception as usize], 1);
+        assert_eq!((other.timed(), other.latency_sum_us), (1, 3000));
+        assert!(t.inflight.is_empty());
     }
 }

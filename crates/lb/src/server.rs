@@ -93,7 +93,8 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         config.backend_max_inflight,
         config.queue_size,
     );
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(config.metrics_max_methods));
+    let falcon = rpc_config::falcon::start(config, &metrics.methods);
     let service_name: Arc<str> = service.as_str().into();
     let supervisor = Supervisor::new(config, &back_addr);
     let children = supervisor.as_ref().map(|s| s.children());
@@ -146,7 +147,11 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         sweeper,
         supervisor: supervisor.clone(),
     };
-    let task = tokio::spawn(stopping.run());
+    let task = tokio::spawn(async move {
+        // Pushes per-method statistics until the LB stops.
+        let _falcon = falcon;
+        stopping.run().await
+    });
     Ok(LbHandle {
         front: front_addr,
         back: back_addr,
