@@ -66,7 +66,9 @@ pub enum State {
     Up,
     /// Registered and not echoing (stalled, or died without leaving).
     Down,
-    /// Left the registry and still echoing (finishing its calls).
+    /// Echoing, and taking no new calls: it left the registry and is
+    /// finishing its calls, or an operator drained it (as a proxy polled
+    /// reports).
     Draining,
     /// Left the registry and no longer answering.
     Gone,
@@ -90,6 +92,8 @@ pub struct EndpointView {
     pub left_ms: Option<u64>,
     /// How each proxy polled sees it.
     pub proxies: Vec<ProxyView>,
+    /// A proxy polled reports it drained by an operator.
+    pub drained: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -220,7 +224,7 @@ impl Collector {
         let pages = futures::future::join_all(
             addresses
                 .iter()
-                .map(|a| async move { status::read(a, limit, unix_ms()).await }),
+                .map(|a| async move { status::read(a, limit).await }),
         );
         let registry_and_probes = async {
             let tree = self.reader.read().await;
@@ -331,11 +335,16 @@ impl Collector {
                 Some((at, Ok(us))) => (Some(*us), None, Some(*at)),
                 Some((at, Err(e))) => (None, Some(e.clone()), Some(*at)),
             };
-            let proxies = views
+            let proxies: Vec<ProxyView> = views
                 .iter()
                 .filter(|v| v.service == *service && v.endpoint == t.record.frontend)
                 .map(|v| (*v).clone())
                 .collect();
+            let drained = proxies.iter().any(|p| p.draining);
+            let state = match t.state() {
+                State::Up if drained => State::Draining,
+                state => state,
+            };
             products
                 .entry(product)
                 .or_default()
@@ -344,12 +353,13 @@ impl Collector {
                 .push(EndpointView {
                     code_link: code_link::link(&t.record.code_url_version),
                     record: t.record.clone(),
-                    state: t.state(),
+                    state,
                     rtt_us,
                     error,
                     checked_ms,
                     left_ms: t.left_ms,
                     proxies,
+                    drained,
                 });
         }
         let products = products
@@ -626,6 +636,19 @@ mod tests {
         let ep = &s.products[0].services[0].endpoints[0];
         assert_eq!(ep.proxies.len(), 1);
         assert_eq!(ep.proxies[0].state, "Up");
+
+        // An operator drains it: the proxy says so, and it is draining.
+        let status = serde_json::json!({"endpoints": [
+            {"service": "echo", "endpoint": a, "state": "Up", "outstanding": 0,
+             "latency_us": 500, "draining": true}
+        ]});
+        let drained = status::interpret("127.0.0.1:1", &status, &[], 4_000);
+        c.sources[0].apply(drained, 600_000);
+        assert_eq!(states(&c)[0].2, State::Unknown, "not probed yet");
+        c.apply_probe(&key("test", "echo", a), Ok(100), 4_001);
+        let s = c.snapshot();
+        let ep = &s.products[0].services[0].endpoints[0];
+        assert_eq!((ep.state, ep.drained), (State::Draining, true));
 
         c.sources[0].apply(Err("connect: refused".into()), 600_000);
         let s = c.snapshot();

@@ -81,29 +81,38 @@ fn parse_labels(mut s: &str) -> Option<(Vec<(String, String)>, &str)> {
 }
 
 /// The `le` buckets of histogram `name` (its `name_bucket` lines) among
-/// `lines` that `keep` accepts, ascending, as `(bound, cumulative count)`.
+/// `lines` that `keep` accepts, ascending, as `(bound, cumulative count)`;
+/// series that differ in other labels are added up bucket by bucket.
 pub fn buckets(
     lines: &[Line],
     name: &str,
     keep: impl Fn(&Line) -> bool,
 ) -> Option<Vec<(f64, u64)>> {
     let bucket = format!("{name}_bucket");
-    let mut out: Vec<(f64, u64)> = lines
+    let mut all: Vec<(f64, u64)> = lines
         .iter()
         .filter(|l| l.name == bucket && keep(l))
-        .filter_map(|l| {
-            let le = match l.label("le")? {
-                "+Inf" => f64::INFINITY,
-                v => v.parse().ok()?,
-            };
-            Some((le, l.value as u64))
-        })
+        .filter_map(|l| Some((bound(l.label("le")?)?, l.value as u64)))
         .collect();
-    if out.is_empty() {
-        return None;
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut out: Vec<(f64, u64)> = Vec::with_capacity(all.len());
+    for (le, n) in all {
+        match out.last_mut() {
+            Some(last) if last.0 == le => last.1 += n,
+            _ => out.push((le, n)),
+        }
     }
-    out.sort_by(|a, b| a.0.total_cmp(&b.0));
-    Some(out)
+    (!out.is_empty()).then_some(out)
+}
+
+/// A bucket's upper bound; the largest float counts as `+Inf` (some
+/// encoders write the overflow bucket's bound that way).
+fn bound(le: &str) -> Option<f64> {
+    let v: f64 = match le {
+        "+Inf" => f64::INFINITY,
+        v => v.parse().ok()?,
+    };
+    Some(if v >= f64::MAX { f64::INFINITY } else { v })
 }
 
 #[cfg(test)]
@@ -145,5 +154,18 @@ broken{le=} 1
         let b = buckets(&lines, "rpc_lb_request_duration_seconds", |_| true).unwrap();
         assert_eq!(b, vec![(0.0001, 7), (0.001, 100), (f64::INFINITY, 123)]);
         assert_eq!(buckets(&lines, "nothing", |_| true), None);
+    }
+
+    #[test]
+    fn histograms_of_several_series_add_up() {
+        let lines = parse(
+            "h_bucket{le=\"0.5\",method=\"a\"} 1\n\
+             h_bucket{le=\"1.7976931348623157e308\",method=\"a\"} 3\n\
+             h_bucket{le=\"0.5\",method=\"b\"} 4\n\
+             h_bucket{le=\"+Inf\",method=\"b\"} 4\n\
+             h_bucket{le=\"0.5\",method=\"c\"} 100\n",
+        );
+        let b = buckets(&lines, "h", |l| l.label("method") != Some("c"));
+        assert_eq!(b, Some(vec![(0.5, 5), (f64::INFINITY, 7)]));
     }
 }

@@ -6,14 +6,17 @@
 //! - An LB (`/status` has `service` and `requests`): one series for its
 //!   service. Requests are the sum of every outcome, errors every outcome
 //!   but `ok` and `oneway`, p99 from `rpc_lb_request_duration_seconds`.
-//! - A proxy (`/status` has `endpoints`): one series per service from
-//!   `rpc_proxy_requests_total{service}`; its error replies are counted
-//!   by kind, not by service, so they make the error rate of its total
-//!   series (service `""`, whose requests include the calls to unknown
-//!   services, which no service counts); the latency is the highest of the balancer's
-//!   estimates for the service's endpoints (it keeps no histogram). Should
-//!   the page one day label errors or a `rpc_proxy_request_duration_seconds`
-//!   histogram by service, they are used.
+//! - A proxy (`/status` has `endpoints`): one series per service. Where
+//!   the page counts calls by service and method
+//!   (`rpc_proxy_method_requests_total{service,method,outcome}` and the
+//!   `rpc_proxy_method_latency_seconds{service,method}` histogram), those
+//!   give each service's requests, errors (every outcome but `ok` and
+//!   `oneway`) and p99. Otherwise requests come from
+//!   `rpc_proxy_requests_total{service}`, and the error replies, counted
+//!   by kind only, make the error rate of the proxy's total series
+//!   (service `""`, whose requests include the calls to unknown services,
+//!   which no service counts). The latency shown beside is the highest of
+//!   the balancer's estimates for the service's endpoints.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -50,6 +53,9 @@ pub struct ProxyView {
     pub state: String,
     pub outstanding: u64,
     pub latency_us: u64,
+    /// An operator drained the endpoint (`rpcctl drain`): the proxy sends
+    /// it no new calls. False where the page does not say.
+    pub draining: bool,
 }
 
 /// One read of one status page.
@@ -73,13 +79,16 @@ pub fn normalize(address: &str) -> String {
 }
 
 /// Reads `/status` and `/metrics` of the page at `address`, both within
-/// `limit`; `now_ms` stamps the readings.
-pub async fn read(address: &str, limit: Duration, now_ms: u64) -> Result<Page, String> {
+/// `limit`. The readings are stamped when the answers are in, the moment
+/// the counters were read (give or take the answer's way back), so a slow
+/// read does not skew the rates.
+pub async fn read(address: &str, limit: Duration) -> Result<Page, String> {
     let deadline = Instant::now() + limit;
     let (status, metrics) = tokio::join!(
         get(address, "/status", deadline),
         get(address, "/metrics", deadline)
     );
+    let now_ms = crate::fleet::unix_ms();
     let status: Value =
         serde_json::from_str(&status?).map_err(|e| format!("/status is not JSON: {e}"))?;
     let metrics = prom::parse(&metrics?);
@@ -163,6 +172,7 @@ fn proxy_page(address: &str, status: &Value, metrics: &[Line], now_ms: u64) -> P
             state: e["state"].as_str().unwrap_or_default().to_string(),
             outstanding: e["outstanding"].as_u64().unwrap_or(0),
             latency_us: e["latency_us"].as_u64().unwrap_or(0),
+            draining: e["draining"].as_bool().unwrap_or(false),
         })
         .collect();
     let mut readings: BTreeMap<String, Reading> = BTreeMap::new();
@@ -200,13 +210,20 @@ fn proxy_page(address: &str, status: &Value, metrics: &[Line], now_ms: u64) -> P
             _ => {}
         }
     }
+    let methods = by_method(metrics, "rpc_proxy");
+    for service in methods.keys() {
+        readings.entry(service.clone()).or_insert_with(blank);
+    }
     for (service, reading) in &mut readings {
-        if !errors_by_service.is_empty() {
+        if let Some(&(requests, errors)) = methods.get(service) {
+            reading.requests = requests;
+            reading.errors = Some(errors);
+            reading.buckets = prom::buckets(metrics, "rpc_proxy_method_latency_seconds", |l| {
+                l.label("service") == Some(service)
+            });
+        } else if !errors_by_service.is_empty() {
             reading.errors = Some(errors_by_service.get(service).copied().unwrap_or(0));
         }
-        reading.buckets = prom::buckets(metrics, "rpc_proxy_request_duration_seconds", |l| {
-            l.label("service") == Some(service)
-        });
         reading.latency_ms = endpoints
             .iter()
             .filter(|e| &e.service == service)
@@ -235,6 +252,25 @@ fn proxy_page(address: &str, status: &Value, metrics: &[Line], now_ms: u64) -> P
         readings,
         endpoints,
     }
+}
+
+/// Calls and errors per service from `{prefix}_method_requests_total
+/// {service,method,outcome}`, where the page has them.
+fn by_method(metrics: &[Line], prefix: &str) -> BTreeMap<String, (u64, u64)> {
+    let name = format!("{prefix}_method_requests_total");
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for line in metrics.iter().filter(|l| l.name == name) {
+        let (Some(service), Some(outcome)) = (line.label("service"), line.label("outcome")) else {
+            continue;
+        };
+        let n = line.value as u64;
+        let counts = out.entry(service.to_string()).or_default();
+        counts.0 += n;
+        if outcome != "ok" && outcome != "oneway" {
+            counts.1 += n;
+        }
+    }
+    out
 }
 
 /// The body of `GET path` on the HTTP server at `address` (`host:port`),
@@ -359,6 +395,26 @@ mod tests {
     }
 
     #[test]
+    fn a_proxy_counting_by_method_gives_each_service_errors_and_p99() {
+        let status = json!({"endpoints": []});
+        let metrics = prom::parse(
+            "rpc_proxy_requests_total{service=\"echo\"} 10\n\
+             rpc_proxy_method_requests_total{service=\"echo\",method=\"a\",outcome=\"ok\"} 6\n\
+             rpc_proxy_method_requests_total{service=\"echo\",method=\"a\",outcome=\"timeout\"} 1\n\
+             rpc_proxy_method_requests_total{service=\"echo\",method=\"b\",outcome=\"oneway\"} 2\n\
+             rpc_proxy_method_requests_total{service=\"echo\",method=\"b\",outcome=\"exception\"} 1\n\
+             rpc_proxy_method_latency_seconds_bucket{le=\"0.001\",service=\"echo\",method=\"a\"} 6\n\
+             rpc_proxy_method_latency_seconds_bucket{le=\"+Inf\",service=\"echo\",method=\"a\"} 7\n\
+             rpc_proxy_method_latency_seconds_bucket{le=\"0.001\",service=\"echo\",method=\"b\"} 0\n\
+             rpc_proxy_method_latency_seconds_bucket{le=\"+Inf\",service=\"echo\",method=\"b\"} 1\n",
+        );
+        let page = interpret("p", &status, &metrics, 0).unwrap();
+        let echo = &page.readings["echo"];
+        assert_eq!((echo.requests, echo.errors), (10, Some(2)));
+        assert_eq!(echo.buckets, Some(vec![(0.001, 6), (f64::INFINITY, 8)]));
+    }
+
+    #[test]
     fn anything_else_is_refused() {
         assert!(interpret("x", &json!({"hello": 1}), &[], 0).is_err());
         assert_eq!(normalize(" http://127.0.0.1:9550/ "), "127.0.0.1:9550");
@@ -376,11 +432,11 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let page = read(&addr, Duration::from_secs(5), 1).await.unwrap();
+        let page = read(&addr, Duration::from_secs(5)).await.unwrap();
         assert_eq!(page.readings["search"].requests, 6);
 
         let nobody = format!("127.0.0.1:{}", rpc_testkit::free_port());
-        let err = read(&nobody, Duration::from_secs(5), 1).await.unwrap_err();
+        let err = read(&nobody, Duration::from_secs(5)).await.unwrap_err();
         assert!(err.starts_with("connect:"), "{err}");
     }
 }

@@ -473,9 +473,9 @@ async fn a_browser_shows_the_fleet_and_an_endpoint_leaving() {
     // Traffic: the proxy counts echo's calls, the LB search's with its
     // errors and p99; each figure has its chart.
     let t = traffic(&page, &proxy_page, "echo").unwrap();
-    // The proxy counts its errors by kind, not by service: no error chart.
+    // Rate and latency; errors too where the proxy counts them by service.
     assert_eq!(t["kind"], "proxy");
-    assert_eq!(t["charts"], 2, "{t}");
+    assert!(t["charts"].as_u64() >= Some(2), "{t}");
     assert!(t["lines"].as_u64() >= Some(1), "{t}");
     let t = traffic(&page, &lb_page, "search").unwrap();
     assert_eq!(t["kind"], "lb");
