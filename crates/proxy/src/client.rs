@@ -11,16 +11,17 @@
 //! task stops reading and TCP pushes back on the client.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rpc_codec::{
     application_exception, heartbeat_reply, ExceptionKind, Header, Message, MessageType, NameBuf,
 };
+use rpc_engine::conn::{self, End};
+use rpc_engine::drain;
 use rpc_engine::lost::protocol_error;
-use rpc_engine::{conn, drain};
 use rpc_engine::{Cx, Failure, Flow, Hop, Options};
 use rpc_transport::Stream;
 use tokio::sync::{mpsc, watch};
@@ -37,13 +38,20 @@ pub struct ClientSettings {
     pub rpc_timeout: Duration,
     pub frame_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    /// Set when an upgrade starts: stopping connections then hand their
+    /// socket (between two requests) to the successor through it instead
+    /// of closing.
+    pub handoff: OnceLock<mpsc::UnboundedSender<(Stream, BytesMut)>>,
 }
 
 /// Pause before re-trying a service whose connections are all opening.
 const CONNECT_WAIT: Duration = Duration::from_millis(5);
 
+/// Serves one client connection; `read` holds the bytes already read from
+/// it past its last request when the process we upgrade handed it over.
 pub async fn serve(
     stream: Stream,
+    read: BytesMut,
     routes: watch::Receiver<Arc<Routes>>,
     settings: Arc<ClientSettings>,
     mut shutdown: drain::Watch,
@@ -57,7 +65,11 @@ pub async fn serve(
     // Borrowed, not moved: the watch must live until the connection ends,
     // since the server's drain waits for it.
     let stop = shutdown.signaled();
-    conn::run(&mut hop, stream, stop, &opts).await;
+    if let End::HandedOff(handed) = conn::run_with(&mut hop, stream, read, stop, &opts).await {
+        if let Some(successor) = hop.settings.handoff.get() {
+            let _ = successor.send(*handed);
+        }
+    }
 }
 
 /// One client connection as a hop of the engine: requests are its
@@ -140,6 +152,14 @@ impl Hop for ClientConn {
 
     fn owes(&self) -> bool {
         !self.q.slots.is_empty()
+    }
+
+    fn on_shutdown(&mut self, _cx: &mut Cx<'_>) -> Flow {
+        if self.settings.handoff.get().is_some() {
+            Flow::HandOff
+        } else {
+            Flow::Close
+        }
     }
 
     fn on_bad_input(&mut self, error: &str, header: Option<Header>, cx: &mut Cx<'_>) -> Flow {

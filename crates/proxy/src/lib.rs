@@ -21,4 +21,4 @@ mod metrics;
 mod routes;
 mod server;
 
-pub use server::{start, ProxyHandle};
+pub use server::{start, start_on, ProxyHandle};

@@ -1,13 +1,16 @@
 //! Listeners, the connection limit and graceful stop.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::BytesMut;
 
 use anyhow::Context;
 use rpc_config::Config;
 use rpc_engine::{drain, serve};
 use rpc_registry::Registry;
-use rpc_transport::{Address, Listener};
+use rpc_transport::{handoff, Address, Listener};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -22,6 +25,14 @@ pub struct ProxyHandle {
     metrics_address: Option<std::net::SocketAddr>,
     drain: Arc<drain::Signal>,
     task: JoinHandle<()>,
+    /// The listening sockets, for handing them to a successor (valid while
+    /// the accept loops run, which is until the drain starts).
+    fds: Vec<(Address, RawFd)>,
+    status_fd: Option<RawFd>,
+    /// What a connection handed over by a predecessor is served with.
+    routes: tokio::sync::watch::Receiver<Arc<crate::routes::Routes>>,
+    settings: Arc<ClientSettings>,
+    watch: drain::Watch,
 }
 
 impl ProxyHandle {
@@ -38,15 +49,96 @@ impl ProxyHandle {
     /// Stops accepting, lets every connection finish the requests it has
     /// in flight, then returns.
     pub async fn shutdown(self) {
-        self.drain.start();
-        let _ = self.task.await;
+        // Our own watch (for adopted connections) must not hold the drain up.
+        let ProxyHandle {
+            drain, task, watch, ..
+        } = self;
+        drop(watch);
+        drain.start();
+        let _ = task.await;
+    }
+
+    /// Hands the listening sockets to the successor and waits until it
+    /// accepts on them. On error the successor is gone and this proxy
+    /// serves on as before.
+    pub async fn upgrade_to(&self, up: &mut handoff::Upgrade) -> std::io::Result<()> {
+        up.send_listeners(&self.fds, self.status_fd).await?;
+        up.wait_ready().await
+    }
+
+    /// After [`Self::upgrade_to`]: stops accepting, hands each client
+    /// connection to the successor once everything it read is answered,
+    /// and returns when none is left.
+    pub async fn hand_off(self, mut up: handoff::Upgrade) -> std::io::Result<()> {
+        let (tx, mut handed) = tokio::sync::mpsc::unbounded_channel();
+        let _ = self.settings.handoff.set(tx);
+        let ProxyHandle {
+            drain,
+            mut task,
+            watch,
+            ..
+        } = self;
+        drop(watch);
+        drain.start();
+        let mut sent = 0u64;
+        loop {
+            tokio::select! {
+                Some((stream, read)) = handed.recv() => {
+                    up.send_connection(stream, &read).await?;
+                    sent += 1;
+                }
+                _ = &mut task => break,
+            }
+        }
+        // Connections hand themselves over before they end.
+        while let Ok((stream, read)) = handed.try_recv() {
+            up.send_connection(stream, &read).await?;
+            sent += 1;
+        }
+        tracing::info!(connections = sent, successor = up.pid, "handed over");
+        up.done().await
+    }
+
+    /// Serves a connection a predecessor handed over, `read` being the
+    /// bytes it had read past the last request.
+    pub fn adopt(&self, stream: rpc_transport::Stream, read: BytesMut) {
+        tokio::spawn(serve_client(
+            stream,
+            read,
+            self.routes.clone(),
+            self.settings.clone(),
+            self.watch.clone(),
+        ));
     }
 }
 
 /// Binds every `proxy_address`, follows the registry and serves.
 pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Result<ProxyHandle> {
     let listeners = bind(config).await?;
+    let status = match &config.metrics_address {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+    start_on(config, registry, handoff::Taken { listeners, status }).await
+}
+
+/// [`start`] on sockets already listening (taken over from a predecessor).
+pub async fn start_on(
+    config: &Config,
+    registry: Arc<dyn Registry>,
+    sockets: handoff::Taken,
+) -> anyhow::Result<ProxyHandle> {
+    let handoff::Taken { listeners, status } = sockets;
     let addresses = listeners.iter().map(Listener::local_address).collect();
+    let fds = listeners
+        .iter()
+        .map(|l| (l.local_address(), l.as_raw_fd()))
+        .collect();
+    let status_fd = status.as_ref().map(|l| l.as_raw_fd());
 
     let settings = BackendSettings {
         max_frame: config.max_frame_size,
@@ -65,8 +157,8 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         config.balance,
         metrics.clone(),
     );
-    let metrics_address = match &config.metrics_address {
-        Some(addr) => Some(serve_metrics(addr, &metrics, &routes).await?),
+    let metrics_address = match status {
+        Some(l) => Some(serve_metrics(l, &metrics, &routes)?),
         None => None,
     };
     let mut registry_rx = registry
@@ -81,6 +173,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         rpc_timeout: config.rpc_timeout,
         frame_timeout: config.frame_timeout,
         metrics,
+        handoff: Default::default(),
     });
     let (signal, watch) = drain::channel();
     let signal = Arc::new(signal);
@@ -90,6 +183,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         .map(|l| accept(l, &limit, &watch, &routes, &client_settings))
         .collect();
     let (stop_timeout, drained) = (config.stop_timeout, signal.clone());
+    let adopt = (routes.clone(), client_settings.clone(), watch.clone());
     let task = tokio::spawn(async move {
         // Keeps the registry (and its watch) alive while we serve.
         let _registry = registry;
@@ -114,11 +208,17 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         manager.close();
         tracing::info!("proxy stopped");
     });
+    let (routes, settings, watch) = adopt;
     Ok(ProxyHandle {
         addresses,
         metrics_address,
         drain: signal,
         task,
+        fds,
+        status_fd,
+        routes,
+        settings,
+        watch,
     })
 }
 
@@ -136,16 +236,32 @@ fn accept(
         limit.clone(),
         watch.clone(),
         move |stream, drain| {
-            let (routes, settings) = (routes.clone(), settings.clone());
-            settings.metrics.accepted.inc();
-            settings.metrics.open_connections.inc();
-            async move {
-                let metrics = settings.metrics.clone();
-                client::serve(stream, routes, settings, drain).await;
-                metrics.open_connections.dec();
-            }
+            serve_client(
+                stream,
+                BytesMut::new(),
+                routes.clone(),
+                settings.clone(),
+                drain,
+            )
         },
     ))
+}
+
+/// One client connection, counted while it lasts.
+fn serve_client(
+    stream: rpc_transport::Stream,
+    read: BytesMut,
+    routes: tokio::sync::watch::Receiver<Arc<crate::routes::Routes>>,
+    settings: Arc<ClientSettings>,
+    drain: drain::Watch,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    settings.metrics.accepted.inc();
+    settings.metrics.open_connections.inc();
+    async move {
+        let metrics = settings.metrics.clone();
+        client::serve(stream, read, routes, settings, drain).await;
+        metrics.open_connections.dec();
+    }
 }
 
 /// Binds every `proxy_address`.
@@ -165,15 +281,12 @@ async fn bind(config: &Config) -> anyhow::Result<Vec<Listener>> {
     Ok(listeners)
 }
 
-/// The status page on `addr`; the address bound.
-async fn serve_metrics(
-    addr: &str,
+/// The status page on `l`; the address bound.
+fn serve_metrics(
+    l: tokio::net::TcpListener,
     metrics: &Arc<Metrics>,
     routes: &tokio::sync::watch::Receiver<Arc<crate::routes::Routes>>,
 ) -> anyhow::Result<std::net::SocketAddr> {
-    let l = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot serve metrics on {addr}"))?;
     let bound = l.local_addr()?;
     tracing::info!(address = %bound, "metrics and dashboard");
     tokio::spawn(metrics::serve(l, metrics.clone(), routes.clone()));
