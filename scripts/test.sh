@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need (ZooKeeper, the Thrift compiler and HAProxy
-# from Debian; the Python SDK and its test tools from PyPI), then runs every
+# Installs what the tests need (ZooKeeper, the Thrift compiler, HAProxy and
+# Chromium from Debian; the Python SDK and its test tools from PyPI), then runs every
 # test: the Rust workspace, the Python SDK, and a smoke run of the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,9 @@ command -v thrift >/dev/null || need_apt+=(thrift-compiler)
 command -v haproxy >/dev/null || need_apt+=(haproxy)
 [ -e /usr/share/zookeeper ] || need_apt+=(zookeeper)
 command -v java >/dev/null || need_apt+=(default-jre-headless)
+# The dashboard's browser test drives headless Chromium through WebDriver.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "==> installing ${need_apt[*]}"
     $SUDO apt-get update -q
@@ -31,6 +34,9 @@ cargo build --workspace --all-targets
 log=$(mktemp -d)
 rust_rc=0
 echo "==> Rust tests"
+# Strict: a test whose real component (browser, ZooKeeper) is missing fails
+# instead of skipping.
+export RPC_TESTS_STRICT=1
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast 2>&1 | tee "$log/rust.txt" || rust_rc=$?
 else

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rpc_config::{Config, RegistrySpec};
 
@@ -82,6 +83,21 @@ enum Command {
     Drain(DrainArgs),
     /// Let proxies send calls to a drained endpoint again.
     Undrain(DrainArgs),
+    /// Serve a self-refreshing web page of the whole fleet: the registry,
+    /// each endpoint's live state, and per-service traffic read from the
+    /// status pages of proxies and LBs (and `/api/fleet`, the same as JSON).
+    Dashboard {
+        /// Address to serve the page on.
+        #[arg(long, default_value = "127.0.0.1:9600", value_name = "ADDR")]
+        listen: String,
+        /// Status pages (`metrics_address`) of proxies and LBs to read.
+        #[arg(long, value_delimiter = ',', value_name = "ADDR,...")]
+        status: Vec<String>,
+        /// How often to re-read everything.
+        #[arg(long, default_value_t = 2000, value_name = "MS",
+              value_parser = clap::value_parser!(u64).range(100..))]
+        refresh_ms: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -124,8 +140,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.registry = spec;
     }
     let wait = config.zk_session_timeout.min(REGISTRY_WAIT);
+    let command = match args.command {
+        // Before the registry is opened: the page starts (and shows the
+        // error) while ZooKeeper is down.
+        Command::Dashboard {
+            listen,
+            status,
+            refresh_ms,
+        } => return dashboard(&config, &listen, status, refresh_ms, wait).await,
+        other => other,
+    };
     let source = Source::open(&config.registry, wait).await?;
-    match args.command {
+    match command {
         Command::List { product, service } => {
             let listing = list::gather(&source, product.as_deref(), service.as_deref()).await?;
             print(if args.json {
@@ -183,6 +209,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
             .await
         }
+        Command::Dashboard { .. } => unreachable!("served above"),
     }
 }
 
@@ -216,6 +243,29 @@ async fn change(
     } else {
         change.to_table()
     });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves the fleet dashboard until Ctrl-C.
+async fn dashboard(
+    config: &Config,
+    listen: &str,
+    status: Vec<String>,
+    refresh_ms: u64,
+    registry_timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen}"))?;
+    eprintln!("rpcctl: dashboard on http://{}/", listener.local_addr()?);
+    let mut options = rpc_dashboard::Options::new(config.registry.clone());
+    options.status_pages = status;
+    options.refresh = Duration::from_millis(refresh_ms);
+    options.registry_timeout = registry_timeout;
+    tokio::select! {
+        served = rpc_dashboard::serve(listener, options) => served?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
     Ok(ExitCode::SUCCESS)
 }
 
