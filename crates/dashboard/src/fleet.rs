@@ -92,7 +92,8 @@ pub struct EndpointView {
     pub left_ms: Option<u64>,
     /// How each proxy polled sees it.
     pub proxies: Vec<ProxyView>,
-    /// A proxy polled reports it drained by an operator.
+    /// Drained by an operator: a drain mark in the registry, or a proxy
+    /// polled reports it so.
     pub drained: bool,
 }
 
@@ -340,7 +341,7 @@ impl Collector {
                 .filter(|v| v.service == *service && v.endpoint == t.record.frontend)
                 .map(|v| (*v).clone())
                 .collect();
-            let drained = proxies.iter().any(|p| p.draining);
+            let drained = t.record.draining || proxies.iter().any(|p| p.draining);
             let state = match t.state() {
                 State::Up if drained => State::Draining,
                 state => state,
@@ -609,6 +610,19 @@ mod tests {
             names,
             vec![("online_a", vec!["echo"]), ("test", vec!["audit", "echo"])]
         );
+    }
+
+    #[test]
+    fn a_drain_mark_in_the_registry_shows_as_draining() {
+        let mut c = collector();
+        let a = "127.0.0.1:5555";
+        let mut t = tree(&[("test", "echo", &[a])]);
+        t.get_mut("test").unwrap().get_mut("echo").unwrap()[0].draining = true;
+        c.apply_registry(t, 0);
+        c.apply_probe(&key("test", "echo", a), Ok(100), 1);
+        let s = c.snapshot();
+        let ep = &s.products[0].services[0].endpoints[0];
+        assert_eq!((ep.state, ep.drained), (State::Draining, true));
     }
 
     #[test]
