@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::Args;
 use tracing_appender::non_blocking::WorkerGuard;
 
-use crate::{init_logging, Config, ConfigError};
+use crate::{init_logging_as, Config, ConfigError, LogFormat};
 
 /// Flags shared by `rpc-proxy`, `rpc-lb` and services built on the SDK.
 /// Both the original's spellings (`--log_level`) and kebab-case work.
@@ -18,6 +18,9 @@ pub struct CommonArgs {
     /// trace, debug, info, warn or error.
     #[arg(long = "log-level", alias = "log_level", default_value = "info")]
     pub log_level: String,
+    /// `text` (colours only on a terminal) or `json` (one object per line).
+    #[arg(long = "log-format", alias = "log_format", value_enum, default_value_t)]
+    pub log_format: LogFormat,
     /// Working directory to switch to before anything else.
     #[arg(long = "work-dir", alias = "work_dir", value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
@@ -40,7 +43,7 @@ impl CommonArgs {
                 source,
             })?;
         }
-        let log = init_logging(&self.log_level, self.log_file.as_deref());
+        let log = init_logging_as(&self.log_level, self.log_file.as_deref(), self.log_format);
         let config = self.config.as_deref().map(Config::load).transpose()?;
         Ok((config, log))
     }

@@ -2,17 +2,17 @@
 //! (SPEC §7), its command-line flags, and the logging they select.
 
 mod cli;
-mod ini;
-mod logging;
-mod process;
 #[cfg(feature = "status-page")]
 pub mod falcon;
+mod ini;
+mod logging;
 #[cfg(feature = "status-page")]
 pub mod methods;
+mod process;
 #[cfg(feature = "status-page")]
 pub mod status_page;
 
 pub use cli::CommonArgs;
 pub use ini::{Balance, Config, ConfigError, Dispatch, RegistrySpec};
-pub use logging::init_logging;
+pub use logging::{init_logging, init_logging_as, LogFormat};
 pub use process::{runtime, stop_or_exit, wait_for_signal, SINGLE_THREAD_MAX_CORES};
