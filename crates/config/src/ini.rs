@@ -39,6 +39,16 @@ pub enum RegistrySpec {
     Local(PathBuf),
 }
 
+impl std::fmt::Display for RegistrySpec {
+    /// As `zk` spells it: the hosts, or `local:DIR`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistrySpec::ZooKeeper(hosts) => f.write_str(hosts),
+            RegistrySpec::Local(dir) => write!(f, "local:{}", dir.display()),
+        }
+    }
+}
+
 impl RegistrySpec {
     /// The embedded registry's default directory, shared by every process
     /// of this machine that leaves `zk` unset.

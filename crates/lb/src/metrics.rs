@@ -25,7 +25,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use rpc_config::methods::{MethodCollector, MethodId, MethodTally, Methods};
-use rpc_config::status_page::{escape, Cell, Dashboard, StatusPage};
+use rpc_config::status_page::{escape, About, Cell, Dashboard, Recent, StatusPage};
 use rpc_engine::seq::SeqHash;
 use tokio::time::Instant;
 
@@ -249,6 +249,8 @@ pub struct Page {
     metrics: Arc<Metrics>,
     dispatcher: Arc<Dispatcher>,
     supervisor: Option<Arc<Supervisor>>,
+    about: Arc<About>,
+    recent: Arc<Recent>,
 }
 
 impl Page {
@@ -257,12 +259,19 @@ impl Page {
         metrics: Arc<Metrics>,
         dispatcher: Arc<Dispatcher>,
         supervisor: Option<Arc<Supervisor>>,
+        about: About,
     ) -> Page {
+        let recent = Recent::new(
+            metrics.methods.clone(),
+            &[Ending::Ok as usize, Ending::Oneway as usize],
+        );
         Page {
             service,
             metrics,
             dispatcher,
             supervisor,
+            about: Arc::new(about),
+            recent: Arc::new(recent),
         }
     }
 
@@ -516,7 +525,10 @@ impl Page {
             })
             .collect();
         let count = s.totals.latency_count();
+        let traffic: Vec<_> = self.recent.traffic().iter().map(|t| t.to_json()).collect();
         serde_json::json!({
+            "about": self.about.to_json(),
+            "traffic": traffic,
             "service": &*self.service,
             "registered": m.registered.load(Ordering::Relaxed),
             "proxy_connections": m.proxy_connections.load(Ordering::Relaxed),
@@ -596,6 +608,9 @@ impl StatusPage for Page {
             ".serving{color:#080}.stopping{color:#b60}",
             &summary,
         );
+        page.about(&self.about);
+        page.traffic(&self.recent.traffic());
+        page.heading("Workers");
         page.table(&[
             "worker",
             "peer",

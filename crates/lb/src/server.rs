@@ -126,6 +126,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
                 metrics.clone(),
                 dispatcher.clone(),
                 supervisor.clone(),
+                about(config, &front_addr, &back_addr),
             );
             Some(status_page(addr, page).await?)
         }
@@ -265,6 +266,25 @@ fn settings(
         children,
     };
     (Arc::new(front), Arc::new(worker))
+}
+
+/// What the status page says about this LB.
+fn about(config: &Config, front: &Address, back: &Address) -> rpc_config::status_page::About {
+    let workers = match &config.worker_command {
+        Some(argv) => format!("{} × {}", config.worker_count, argv.join(" ")),
+        None => "dial in".into(),
+    };
+    rpc_config::status_page::About::new("rpc-lb", env!("CARGO_PKG_VERSION"))
+        .set("product", &config.product)
+        .set("zk", &config.registry)
+        .set("frontend", front)
+        .set("back_address", back)
+        .set("worker_pool_size", config.worker_pool_size)
+        .set("worker_prefetch", config.worker_prefetch)
+        .set("dispatch", format!("{:?}", config.dispatch))
+        .set("queue_size", config.queue_size)
+        .set("rpc_timeout", format!("{:?}", config.rpc_timeout))
+        .set("workers", workers)
 }
 
 /// Upper bound of `worker_prefetch`: a few calls hide the round trip

@@ -137,6 +137,22 @@ async fn calls_are_counted_and_workers_come_and_go() {
         page.contains("<h1>rpc-lb</h1>") && page.contains("class=stopping"),
         "{page}"
     );
+    assert!(
+        page.contains("rpc-lb ") && page.contains("worker_pool_size = 2"),
+        "{page}"
+    );
+
+    // The status page's rates: between this look and one after more calls.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    for i in 100..110 {
+        assert_eq!(c.call("echo", i, b"x").await.kind(), MessageType::Reply);
+    }
+    let v = status(addr).await;
+    assert_eq!(v["about"]["program"], "rpc-lb");
+    assert_eq!(v["about"]["settings"]["worker_pool_size"], "2");
+    let t = &v["traffic"][0];
+    assert!(t["requests_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(t["errors_per_s"].as_f64(), Some(0.0), "{v}");
 }
 
 #[tokio::test]

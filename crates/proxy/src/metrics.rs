@@ -19,7 +19,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use rpc_config::methods::{MethodCollector, MethodTally, Methods};
-use rpc_config::status_page::{self, Cell, Dashboard, StatusPage};
+use rpc_config::status_page::{self, About, Cell, Dashboard, Recent, StatusPage};
 use rpc_engine::Failure;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -177,6 +177,8 @@ impl Metrics {
 struct Page {
     metrics: Arc<Metrics>,
     routes: watch::Receiver<Arc<Routes>>,
+    about: About,
+    recent: Recent,
 }
 
 /// Serves `/metrics`, `/status` and `/` on `listener` until the process ends.
@@ -184,8 +186,19 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     routes: watch::Receiver<Arc<Routes>>,
+    about: About,
 ) {
-    status_page::serve(listener, Arc::new(Page { metrics, routes })).await;
+    let recent = Recent::new(
+        metrics.methods.clone(),
+        &[CallEnd::Ok as usize, CallEnd::Oneway as usize],
+    );
+    let page = Page {
+        metrics,
+        routes,
+        about,
+        recent,
+    };
+    status_page::serve(listener, Arc::new(page)).await;
 }
 
 /// One row per endpoint of every service.
@@ -216,9 +229,12 @@ impl StatusPage for Page {
 
     fn status(&self) -> serde_json::Value {
         let routes = self.routes.borrow().clone();
+        let traffic: Vec<_> = self.recent.traffic().iter().map(|t| t.to_json()).collect();
         serde_json::json!({
+            "about": self.about.to_json(),
             "connections_open": self.metrics.open_connections.get(),
             "connections_accepted": self.metrics.accepted.get(),
+            "traffic": traffic,
             "endpoints": snapshot(&routes),
         })
     }
@@ -234,6 +250,9 @@ impl StatusPage for Page {
                 self.metrics.accepted.get()
             ),
         );
+        page.about(&self.about);
+        page.traffic(&self.recent.traffic());
+        page.heading("Endpoints");
         page.table(&[
             "service",
             "endpoint",

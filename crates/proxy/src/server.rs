@@ -158,7 +158,7 @@ pub async fn start_on(
         metrics.clone(),
     );
     let metrics_address = match status {
-        Some(l) => Some(serve_metrics(l, &metrics, &routes)?),
+        Some(l) => Some(serve_metrics(l, &metrics, &routes, about(config))?),
         None => None,
     };
     let mut registry_rx = registry
@@ -286,11 +286,32 @@ fn serve_metrics(
     l: tokio::net::TcpListener,
     metrics: &Arc<Metrics>,
     routes: &tokio::sync::watch::Receiver<Arc<crate::routes::Routes>>,
+    about: rpc_config::status_page::About,
 ) -> anyhow::Result<std::net::SocketAddr> {
     let bound = l.local_addr()?;
     tracing::info!(address = %bound, "metrics and dashboard");
-    tokio::spawn(metrics::serve(l, metrics.clone(), routes.clone()));
+    tokio::spawn(metrics::serve(l, metrics.clone(), routes.clone(), about));
     Ok(bound)
+}
+
+/// What the status page says about this proxy.
+fn about(config: &Config) -> rpc_config::status_page::About {
+    let addresses: Vec<String> = config.proxy_address.iter().map(|a| a.to_string()).collect();
+    rpc_config::status_page::About::new("rpc-proxy", env!("CARGO_PKG_VERSION"))
+        .set("product", &config.product)
+        .set("zk", &config.registry)
+        .set("proxy_address", addresses.join(","))
+        .set("balance", format!("{:?}", config.balance))
+        .set("rpc_timeout", format!("{:?}", config.rpc_timeout))
+        .set("max_connections", config.max_connections)
+        .set("max_inflight", config.max_inflight)
+        .set(
+            "heartbeat",
+            format!(
+                "{:?} / {:?}",
+                config.heartbeat_interval, config.heartbeat_timeout
+            ),
+        )
 }
 
 /// Applies every registry snapshot to the routing table. A registry watch

@@ -50,4 +50,26 @@ async fn metrics_status_and_dashboard_show_traffic_and_endpoints() {
     assert_eq!(v["endpoints"][0]["state"], "Up");
     let page = get(metrics, "/").await;
     assert!(page.contains(&endpoint) && page.contains("echo"), "{page}");
+    assert!(
+        page.contains("rpc-proxy ") && page.contains(" · up "),
+        "{page}"
+    );
+    assert_eq!(v["about"]["program"], "rpc-proxy");
+    assert!(v["about"]["settings"]["rpc_timeout"].is_string(), "{v}");
+
+    // Rates are taken between two looks at the page.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    for i in 20..30 {
+        assert_eq!(
+            c.call("echo:echo", i, b"x").await.kind(),
+            MessageType::Reply
+        );
+    }
+    let v: serde_json::Value = serde_json::from_str(&get(metrics, "/status").await).unwrap();
+    let echo = &v["traffic"][0];
+    assert_eq!(echo["service"], "echo", "{v}");
+    assert!(echo["requests_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(echo["errors_per_s"].as_f64(), Some(0.0), "{v}");
+    assert!(echo["p99_ms_at_most"].as_f64().is_some(), "{v}");
+    assert!(get(metrics, "/").await.contains("Traffic, last seconds"));
 }
