@@ -11,6 +11,7 @@ mod error;
 mod frame;
 mod message;
 mod name;
+mod trace;
 mod tstruct;
 
 pub use control::{
@@ -21,4 +22,5 @@ pub use error::{FrameError, ProtocolError};
 pub use frame::{FrameCodec, DEFAULT_MAX_FRAME, LEN_PREFIX};
 pub use message::{Header, Message, MessageType};
 pub use name::NameBuf;
+pub use trace::{trace_field, with_trace_field, TRACE_FIELD_ID};
 pub use tstruct::{read_application_exception, ApplicationException};

@@ -10,12 +10,24 @@ pub struct ApplicationException {
     pub kind: i32,
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
+/// A cursor over binary-protocol bytes that can skip any value.
+pub(crate) struct Reader<'a> {
+    pub(crate) b: &'a [u8],
+}
+
+/// Encoded size of a fixed-width type, `None` for the others.
+fn fixed_width(ttype: u8) -> Option<usize> {
+    match ttype {
+        2 | 3 => Some(1),
+        4 | 10 => Some(8),
+        6 => Some(2),
+        8 => Some(4),
+        _ => None,
+    }
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
         if self.b.len() < n {
             return Err(ProtocolError::BadStruct("truncated"));
         }
@@ -23,28 +35,29 @@ impl<'a> Reader<'a> {
         self.b = t;
         Ok(h)
     }
-    fn u8(&mut self) -> Result<u8, ProtocolError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, ProtocolError> {
         Ok(self.take(1)?[0])
     }
-    fn i16(&mut self) -> Result<i16, ProtocolError> {
+    pub(crate) fn i16(&mut self) -> Result<i16, ProtocolError> {
         Ok(i16::from_be_bytes(self.take(2)?.try_into().unwrap()))
     }
     fn i32(&mut self) -> Result<i32, ProtocolError> {
         Ok(i32::from_be_bytes(self.take(4)?.try_into().unwrap()))
     }
-    fn len(&mut self) -> Result<usize, ProtocolError> {
+    pub(crate) fn len(&mut self) -> Result<usize, ProtocolError> {
         usize::try_from(self.i32()?).map_err(|_| ProtocolError::BadStruct("negative length"))
     }
 
-    fn skip(&mut self, ttype: u8, depth: usize) -> Result<(), ProtocolError> {
+    /// Skips one value of type `ttype` (containers of fixed-width
+    /// values in one step).
+    pub(crate) fn skip(&mut self, ttype: u8, depth: usize) -> Result<(), ProtocolError> {
         if depth > 64 {
             return Err(ProtocolError::BadStruct("nesting too deep"));
         }
+        if let Some(w) = fixed_width(ttype) {
+            return self.take(w).map(drop);
+        }
         match ttype {
-            2 | 3 => self.take(1).map(drop),  // bool, byte
-            4 | 10 => self.take(8).map(drop), // double, i64
-            6 => self.take(2).map(drop),      // i16
-            8 => self.take(4).map(drop),      // i32
             11 => {
                 let n = self.len()?;
                 self.take(n).map(drop)
@@ -59,7 +72,11 @@ impl<'a> Reader<'a> {
             },
             13 => {
                 let (k, v) = (self.u8()?, self.u8()?);
-                for _ in 0..self.len()? {
+                let n = self.len()?;
+                if let (Some(kw), Some(vw)) = (fixed_width(k), fixed_width(v)) {
+                    return self.take_n(n, kw + vw);
+                }
+                for _ in 0..n {
                     self.skip(k, depth + 1)?;
                     self.skip(v, depth + 1)?;
                 }
@@ -67,13 +84,24 @@ impl<'a> Reader<'a> {
             }
             14 | 15 => {
                 let e = self.u8()?;
-                for _ in 0..self.len()? {
+                let n = self.len()?;
+                if let Some(w) = fixed_width(e) {
+                    return self.take_n(n, w);
+                }
+                for _ in 0..n {
                     self.skip(e, depth + 1)?;
                 }
                 Ok(())
             }
             _ => Err(ProtocolError::BadStruct("unknown field type")),
         }
+    }
+
+    fn take_n(&mut self, n: usize, width: usize) -> Result<(), ProtocolError> {
+        let bytes = n
+            .checked_mul(width)
+            .ok_or(ProtocolError::BadStruct("truncated"))?;
+        self.take(bytes).map(drop)
     }
 }
 
