@@ -61,7 +61,9 @@ pub trait Registry: Send + Sync + 'static {
 }
 
 /// A live registration. [`Registration::deregister`] removes the entry and
-/// waits until it is gone; dropping the handle removes it in the background.
+/// waits until it is gone; dropping the handle removes it in the background;
+/// [`Registration::abandon`] leaves it in place. Neither ever removes an
+/// entry another registrant has put at the same path since.
 pub struct Registration {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -84,6 +86,24 @@ impl Registration {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+
+    /// Stops keeping the entry published and leaves it as it is: it stays
+    /// until its owner goes (ZooKeeper: this registry's session closes or
+    /// expires; local: this process exits) or another registrant replaces
+    /// it. For a process handing its endpoint to a successor that registers
+    /// the same path: nothing of ours is then left to remove the
+    /// successor's entry or to put ours back over it. Returns once nothing
+    /// acts for this registration any more.
+    pub async fn abandon(mut self) {
+        // The task must be gone before its stop channel closes: a closed
+        // channel reads as "remove the entry".
+        let stop = self.stop.take();
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        drop(stop);
     }
 }
 

@@ -16,7 +16,9 @@ use std::time::Duration;
 use futures::future::{join_all, select_all};
 use tokio::sync::{oneshot, watch, OnceCell};
 use tracing::{debug, info, warn};
-use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, SessionId, SessionState};
+use zookeeper_client::{
+    Acls, Client, CreateMode, Error as ZkError, MultiWriteError, SessionId, SessionState,
+};
 
 use crate::drain::{self, DrainMark, DrainSet};
 use crate::{Endpoint, Registration, Registry, RegistryError, ServiceMap};
@@ -245,16 +247,28 @@ async fn publish(client: &Client, path: &str, data: &[u8]) -> Result<(), ZkError
         match client.check_stat(path).await? {
             // Already ours (a retry after a lost reply): nothing to do.
             Some(stat) if stat.ephemeral_owner == client.session_id().0 => return Ok(()),
-            Some(_) => match client.delete(path, None).await {
-                Ok(()) | Err(ZkError::NoNode) => {}
+            // Another session's node (a leftover, or a predecessor handing
+            // its endpoint over): replaced in one transaction, so watchers
+            // never see the endpoint missing in between.
+            Some(stat) => {
+                let mut replace = client.new_multi_writer();
+                replace.add_delete(path, Some(stat.version))?;
+                replace.add_create(path, data, &ephemeral)?;
+                match replace.commit().await {
+                    Ok(_) => return Ok(()),
+                    // Changed or gone meanwhile: look again.
+                    Err(MultiWriteError::OperationFailed {
+                        source: ZkError::NoNode | ZkError::BadVersion | ZkError::NodeExists,
+                        ..
+                    }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            None => match client.create(path, data, &ephemeral).await {
+                Ok(_) => return Ok(()),
+                Err(ZkError::NodeExists) => continue,
                 Err(e) => return Err(e),
             },
-            None => {}
-        }
-        match client.create(path, data, &ephemeral).await {
-            Ok(_) => return Ok(()),
-            Err(ZkError::NodeExists) => continue,
-            Err(e) => return Err(e),
         }
     }
     Err(ZkError::NodeExists)

@@ -179,6 +179,67 @@ mod suite {
         assert_eq!(m["echo"][0].deploy_path, "/srv/echo-v2");
     }
 
+    /// Abandoning a registration leaves its entry where it is
+    /// (deregistering would remove it).
+    pub async fn an_abandoned_entry_stays(b: impl Backend) {
+        let reg = b.open("test").await;
+        let mut rx = b.open("test").await.watch().await.unwrap();
+        let r = reg.register(ep("echo", 7001)).await.unwrap();
+        until(&mut rx, "registered", |m| m.contains_key("echo")).await;
+        r.abandon().await;
+        let m = b.open("test").await.watch().await.unwrap().borrow().clone();
+        assert_eq!(frontends(&m, "echo"), ["127.0.0.1:7001"]);
+    }
+
+    /// A process handing its endpoint to a successor: the successor
+    /// registers the same path while the predecessor's entry is there, then
+    /// the predecessor abandons its registration and goes. The successor's
+    /// entry stays, and the endpoint is listed in every view meanwhile.
+    pub async fn a_successor_takes_an_abandoned_entry_over(b: impl Backend) {
+        let old = b.open("test").await;
+        let new = b.open("test").await;
+        let mut rx = b.open("test").await.watch().await.unwrap();
+        let r_old = old.register(ep("echo", 7001)).await.unwrap();
+        until(&mut rx, "predecessor", |m| m.contains_key("echo")).await;
+        // Every view published from here on.
+        let mut views = rx.clone();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let seen = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                tokio::select! {
+                    r = views.changed() => match r {
+                        Ok(()) => seen.push(frontends(&views.borrow_and_update(), "echo")),
+                        Err(_) => break,
+                    },
+                    _ = &mut stopped => break,
+                }
+            }
+            seen
+        });
+
+        let mut e = ep("echo", 7001);
+        e.deploy_path = "/srv/echo-v2".into();
+        let _r_new = new.register(e).await.unwrap();
+        until(&mut rx, "successor's record", |m| {
+            m.get("echo")
+                .is_some_and(|v| v[0].deploy_path == "/srv/echo-v2")
+        })
+        .await;
+        r_old.abandon().await;
+        // ZooKeeper: the predecessor's session closes with its registry.
+        drop(old);
+        // Longer than a local registrant's check of its entry.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let m = b.open("test").await.watch().await.unwrap().borrow().clone();
+        assert_eq!(m["echo"].len(), 1);
+        assert_eq!(m["echo"][0].deploy_path, "/srv/echo-v2");
+        let _ = stop.send(());
+        let seen = seen.await.unwrap();
+        assert!(!seen.is_empty(), "the successor's record was seen");
+        assert!(seen.iter().all(|f| f == &["127.0.0.1:7001"]), "{seen:?}");
+    }
+
     /// A drain mark reaches the watched view as `draining` on its
     /// endpoint (and only there), and leaves it when removed; setting or
     /// removing it twice changes nothing.
@@ -251,6 +312,8 @@ conformance!(
     deregister_and_drop_remove_the_entry,
     products_are_isolated,
     newer_registration_replaces_a_stale_one,
+    an_abandoned_entry_stays,
+    a_successor_takes_an_abandoned_entry_over,
     drain_marks_come_and_go_in_the_watched_view,
     drain_marks_outlive_registrations_and_stay_in_their_product
 );
@@ -452,6 +515,75 @@ impl Relay {
     fn set_cut(&self, cut: bool) {
         self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// Replacing another session's node is one transaction: a reader polling
+/// the service's children as fast as it can never finds it missing.
+#[tokio::test]
+async fn zk_a_replaced_node_is_never_missing() {
+    let zk = ZkServer::start();
+    let regs = [
+        ZkRegistry::connect(&zk.hosts(), "test", SESSION)
+            .await
+            .unwrap(),
+        ZkRegistry::connect(&zk.hosts(), "test", SESSION)
+            .await
+            .unwrap(),
+    ];
+    let mut held = vec![regs[0].register(ep("echo", 7001)).await.unwrap()];
+    let reader = ZkRegistry::connect(&zk.hosts(), "test", SESSION)
+        .await
+        .unwrap()
+        .client();
+    let polling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let poll = {
+        let polling = polling.clone();
+        tokio::spawn(async move {
+            let (mut reads, mut missing) = (0u32, 0u32);
+            while polling.load(std::sync::atomic::Ordering::Relaxed) {
+                let ids = reader
+                    .list_children("/zk/product/test/services/echo")
+                    .await
+                    .unwrap();
+                reads += 1;
+                missing += u32::from(ids.is_empty());
+            }
+            (reads, missing)
+        })
+    };
+    // Each registry in turn takes the node over from the other's session.
+    for i in 1..=20 {
+        held.push(regs[i % 2].register(ep("echo", 7001)).await.unwrap());
+    }
+    polling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (reads, missing) = poll.await.unwrap();
+    assert!(reads >= 10, "the reader kept up ({reads} reads)");
+    assert_eq!(missing, 0, "missing in {missing} of {reads} reads");
+    for r in held {
+        r.abandon().await;
+    }
+}
+
+/// An abandoned entry is still an ephemeral node of its registry's
+/// session: it goes when that session closes.
+#[tokio::test]
+async fn zk_an_abandoned_entry_goes_with_its_session() {
+    let zk = ZkServer::start();
+    let reg = ZkRegistry::connect(&zk.hosts(), "test", SESSION)
+        .await
+        .unwrap();
+    let watcher = ZkRegistry::connect(&zk.hosts(), "test", SESSION)
+        .await
+        .unwrap();
+    let mut rx = watcher.watch().await.unwrap();
+    let r = reg.register(ep("echo", 7001)).await.unwrap();
+    until(&mut rx, "registered", |m| m.contains_key("echo")).await;
+    r.abandon().await;
+    drop(reg);
+    until(&mut rx, "gone with the session", |m| {
+        !m.contains_key("echo")
+    })
+    .await;
 }
 
 /// A registrant cut off from a live ZooKeeper for longer than its session
