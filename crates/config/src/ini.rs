@@ -204,6 +204,14 @@ pub struct Config {
     pub falcon_interval: Duration,
     /// Tokio worker threads; 0 picks for the machine.
     pub threads: usize,
+    /// Where spans go, OTLP over HTTP (`http://host:4318`, to which
+    /// `/v1/traces` is added when it has no path); none: no tracing.
+    pub otlp_endpoint: Option<String>,
+    /// Share of the traces a hop starts that are recorded (a call that
+    /// carries a trace context follows its caller's decision).
+    pub trace_sample_ratio: f64,
+    /// `service.name` of the spans; none: the binary's name.
+    pub otlp_service_name: Option<String>,
 
     /// Keys this version does not know (kept, and warned about at load).
     pub unknown: BTreeMap<String, String>,
@@ -253,6 +261,9 @@ impl Default for Config {
             metrics_max_methods: 64,
             falcon_interval: Duration::from_secs(60),
             threads: 0,
+            otlp_endpoint: None,
+            trace_sample_ratio: 1.0,
+            otlp_service_name: None,
             unknown: BTreeMap::new(),
         }
     }
@@ -302,6 +313,31 @@ fn positive(key: &str, value: &str) -> Result<usize, ConfigError> {
 
 fn opt(value: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_string())
+}
+
+/// An OTLP/HTTP collector address: plain HTTP (a local collector or
+/// agent; the exporter speaks no TLS), the scheme optional.
+fn otlp_endpoint(key: &str, value: &str) -> Result<Option<String>, ConfigError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.starts_with("https://") {
+        return Err(invalid(
+            key,
+            value,
+            "TLS is not supported; send to a local collector over http://",
+        ));
+    }
+    let url = match value.starts_with("http://") {
+        true => value.to_string(),
+        false => format!("http://{value}"),
+    };
+    let rest = &url["http://".len()..];
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(invalid(key, value, "expected http://host:port[/path]"));
+    }
+    Ok(Some(url))
 }
 
 impl Config {
@@ -419,6 +455,12 @@ impl Config {
                 d => self.falcon_interval = d,
             },
             "threads" => self.threads = parse(k, v)?,
+            "otlp_endpoint" => self.otlp_endpoint = otlp_endpoint(k, v)?,
+            "trace_sample_ratio" => match parse::<f64>(k, v)? {
+                r if (0.0..=1.0).contains(&r) => self.trace_sample_ratio = r,
+                _ => return Err(invalid(k, v, "expected a ratio from 0 to 1")),
+            },
+            "otlp_service_name" => self.otlp_service_name = opt(v),
             _ => {
                 tracing::warn!(key = k, "unknown configuration key ignored");
                 self.unknown.insert(k.into(), v.into());
@@ -600,6 +642,36 @@ mod tests {
             "metrics_max_methods=0",
             "falcon_interval=0",
             "falcon_interval=-1",
+        ] {
+            let e = Config::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(bad.split('=').next().unwrap()), "{e}");
+        }
+    }
+
+    #[test]
+    fn tracing_is_off_unless_an_otlp_endpoint_is_set() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.otlp_endpoint, None);
+        assert_eq!((c.trace_sample_ratio, c.otlp_service_name), (1.0, None));
+        let c = Config::parse(
+            "otlp_endpoint=127.0.0.1:4318\ntrace_sample_ratio=0.01\notlp_service_name=edge",
+        )
+        .unwrap();
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+        assert_eq!(c.trace_sample_ratio, 0.01);
+        assert_eq!(c.otlp_service_name.as_deref(), Some("edge"));
+        let c = Config::parse("otlp_endpoint=http://collector:4318/custom/traces").unwrap();
+        assert_eq!(
+            c.otlp_endpoint.as_deref(),
+            Some("http://collector:4318/custom/traces")
+        );
+        assert!(c.unknown.is_empty());
+        for bad in [
+            "otlp_endpoint=https://collector:4318",
+            "otlp_endpoint=http:///v1/traces",
+            "trace_sample_ratio=1.5",
+            "trace_sample_ratio=-0.1",
+            "trace_sample_ratio=often",
         ] {
             let e = Config::parse(bad).unwrap_err().to_string();
             assert!(e.contains(bad.split('=').next().unwrap()), "{e}");

@@ -8,6 +8,8 @@ mod ini;
 mod logging;
 #[cfg(feature = "status-page")]
 pub mod methods;
+#[cfg(feature = "otlp")]
+pub mod otel;
 mod process;
 #[cfg(feature = "status-page")]
 pub mod status_page;
