@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use rpc_codec::{
     application_exception, heartbeat_reply, ExceptionKind, Header, Message, MessageType, NameBuf,
 };
+use rpc_config::otel::Tracing;
 use rpc_engine::conn::{self, End};
 use rpc_engine::drain;
 use rpc_engine::lost::protocol_error;
@@ -31,6 +32,7 @@ use crate::backend::{Job, Outcome, ReplyTo};
 use crate::forward::{self, Refused, MAX_REROUTES};
 use crate::metrics::{CallEnd, CallTally, ErrorKind, Metrics};
 use crate::routes::Routes;
+use crate::trace::{self, Outcome as SpanOutcome, Traced};
 
 pub struct ClientSettings {
     pub max_frame: usize,
@@ -42,6 +44,9 @@ pub struct ClientSettings {
     /// socket (between two requests) to the successor through it instead
     /// of closing.
     pub handoff: OnceLock<mpsc::UnboundedSender<(Stream, BytesMut)>>,
+    /// Spans per call (`otlp_endpoint`); `None`: no tracing, one branch
+    /// per call.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// Pause before re-trying a service whose connections are all opening.
@@ -58,7 +63,12 @@ pub async fn serve(
 ) {
     let opts = Options::new(settings.max_frame).frame_timeout(settings.frame_timeout);
     let mut hop = ClientConn {
-        q: Slots::new(routes, settings.metrics.clone(), settings.rpc_timeout),
+        q: Slots::new(
+            routes,
+            settings.metrics.clone(),
+            settings.rpc_timeout,
+            settings.tracing.clone(),
+        ),
         settings,
         retry_at: None,
     };
@@ -178,6 +188,8 @@ struct Slot {
     /// again and for error replies.
     name: NameBuf,
     state: State,
+    /// The call's span, when it is traced and sampled.
+    trace: Option<Box<Traced>>,
 }
 
 enum State {
@@ -224,6 +236,7 @@ struct Slots {
     metrics: Arc<Metrics>,
     /// How the calls ended, per service and method.
     calls: CallTally,
+    tracing: Option<Arc<Tracing>>,
 }
 
 impl Slots {
@@ -231,6 +244,7 @@ impl Slots {
         mut routes_rx: watch::Receiver<Arc<Routes>>,
         metrics: Arc<Metrics>,
         rpc_timeout: Duration,
+        tracing: Option<Arc<Tracing>>,
     ) -> Slots {
         let routes = routes_rx.borrow_and_update().clone();
         Slots {
@@ -243,6 +257,7 @@ impl Slots {
             replies: None,
             calls: CallTally::new(metrics.clone(), rpc_timeout),
             metrics,
+            tracing,
         }
     }
 
@@ -278,18 +293,33 @@ impl Slots {
                     reroutes: 0,
                     name: NameBuf::new(msg.name()),
                     state: State::Waiting,
+                    trace: None,
                 });
                 msg.strip_service();
                 let now = self.calls.arrival(deadline);
+                let msg = match &self.tracing {
+                    None => msg,
+                    Some(t) => {
+                        let (traced, msg) = trace::start(t, msg, now);
+                        self.slots[idx].trace = traced;
+                        msg
+                    }
+                };
                 self.route(idx, msg, true, now);
             }
             MessageType::Oneway => {
                 self.refresh_routes();
                 let service = msg.service().and_then(|s| std::str::from_utf8(s).ok());
-                if service.is_some_and(|s| self.routes.services.contains_key(s)) {
+                let known = service.is_some_and(|s| self.routes.services.contains_key(s));
+                if known {
                     self.calls.oneway(msg.name());
                 }
-                forward::oneway(&self.routes, msg);
+                match &self.tracing {
+                    None => {
+                        forward::oneway(&self.routes, msg);
+                    }
+                    Some(t) => self.traced_oneway(t.clone(), msg, known, deadline),
+                }
             }
             MessageType::Heartbeat => {
                 let reply = heartbeat_reply(seqid).freeze();
@@ -305,6 +335,25 @@ impl Slots {
         }
     }
 
+    /// Forwards a oneway call with its span, ended once it is sent on.
+    fn traced_oneway(&mut self, t: Arc<Tracing>, msg: Message, known: bool, deadline: Instant) {
+        let now = self.calls.arrival(deadline);
+        let (name, seqid) = (NameBuf::new(msg.name()), msg.seqid());
+        let (traced, msg) = trace::start(&t, msg, now);
+        let sent = forward::oneway(&self.routes, msg);
+        if let Some(mut traced) = traced {
+            let end = match sent {
+                Some(backend) => {
+                    traced.sent_to(backend);
+                    SpanOutcome::Call(CallEnd::Oneway)
+                }
+                None if known => SpanOutcome::Call(CallEnd::NoEndpoint),
+                None => SpanOutcome::UnknownService,
+            };
+            traced.end(&t, name.as_bytes(), seqid, end, now);
+        }
+    }
+
     /// Hands slot `idx`'s message to a backend, or settles the slot.
     /// `first` is the request's first attempt (counted in the metrics).
     fn route(&mut self, idx: usize, msg: Message, first: bool, now: Instant) {
@@ -317,12 +366,23 @@ impl Slots {
             reply: Some(ReplyTo { tx, slot: id }),
         };
         let refused = match forward::dispatch(&self.routes, slot.service(), job, first) {
-            Ok(()) => {
+            Ok(backend) => {
                 slot.state = State::Waiting;
+                if let Some(traced) = &mut slot.trace {
+                    traced.sent_to(backend);
+                }
                 return;
             }
             Err(r) => r,
         };
+        let answered = match &refused {
+            Refused::Connecting(_) => None,
+            Refused::Unknown => Some(SpanOutcome::UnknownService),
+            Refused::NoEndpoint => Some(SpanOutcome::Call(CallEnd::NoEndpoint)),
+        };
+        if let Some(end) = answered {
+            end_span(&self.tracing, slot, end, now);
+        }
         let (service, method, seqid) = (slot.service(), slot.method(), slot.client_seqid);
         slot.state = match refused {
             Refused::Connecting(job) => {
@@ -366,13 +426,14 @@ impl Slots {
             }
             other => other,
         };
-        let (service, method, seqid) = (slot.service(), slot.method(), slot.client_seqid);
         let end = match &outcome {
             Outcome::Reply(r) if r.kind() == MessageType::Exception => CallEnd::Exception,
             Outcome::Reply(_) => CallEnd::Ok,
             Outcome::Failed(failure) => CallEnd::of(failure),
             Outcome::NotSent(_) => CallEnd::NotSent,
         };
+        end_span(&self.tracing, slot, SpanOutcome::Call(end), now);
+        let (service, method, seqid) = (slot.service(), slot.method(), slot.client_seqid);
         self.calls
             .ended(slot.name.as_bytes(), slot.deadline, end, now);
         slot.state = State::Done(Some(match outcome {
@@ -395,9 +456,15 @@ impl Slots {
             if slot.deadline > now {
                 break;
             }
+            let end = match slot.state {
+                State::Done(_) => continue,
+                State::Waiting => CallEnd::Timeout,
+                State::Connecting(_) => CallEnd::NoEndpoint,
+            };
+            end_span(&self.tracing, slot, SpanOutcome::Call(end), now);
             let (service, method, seqid) = (slot.service(), slot.method(), slot.client_seqid);
             let reply = match &slot.state {
-                State::Done(_) => continue,
+                State::Done(_) => unreachable!("skipped above"),
                 State::Waiting => {
                     self.metrics.error(ErrorKind::Timeout);
                     let name = slot.name.as_bytes();
@@ -455,5 +522,13 @@ fn done(deadline: Instant, seqid: i32, frame: Bytes) -> Slot {
         reroutes: 0,
         name: NameBuf::new(b""),
         state: State::Done(Some(frame)),
+        trace: None,
+    }
+}
+
+/// Ends the span of `slot`'s call at `now`, if it has one.
+fn end_span(tracing: &Option<Arc<Tracing>>, slot: &mut Slot, end: SpanOutcome, now: Instant) {
+    if let (Some(traced), Some(t)) = (slot.trace.take(), tracing) {
+        traced.end(t, slot.name.as_bytes(), slot.client_seqid, end, now);
     }
 }

@@ -29,11 +29,16 @@ pub enum Refused {
 }
 
 /// Hands the job to a live backend of `service`, trying another when the
-/// chosen connection turns out unable to take it. Drained endpoints get it
-/// only when no other endpoint is up (a busy one does not count: a drain
-/// holds under load). `first` counts the call (not its re-routes) in the
-/// service's metrics.
-pub fn dispatch(routes: &Routes, service: &str, job: Job, first: bool) -> Result<(), Refused> {
+/// chosen connection turns out unable to take it; the backend that took
+/// it. Drained endpoints get it only when no other endpoint is up (a busy
+/// one does not count: a drain holds under load). `first` counts the call
+/// (not its re-routes) in the service's metrics.
+pub fn dispatch<'r>(
+    routes: &'r Routes,
+    service: &str,
+    job: Job,
+    first: bool,
+) -> Result<&'r Arc<Backend>, Refused> {
     let Some(pool) = routes.services.get(service) else {
         return Err(Refused::Unknown);
     };
@@ -42,10 +47,10 @@ pub fn dispatch(routes: &Routes, service: &str, job: Job, first: bool) -> Result
     }
     let tries = pool.backends.len().max(1);
     let job = match offer(&pool.balancer, &pool.backends, job, tries) {
-        Ok(()) => return Ok(()),
+        Ok(b) => return Ok(b),
         Err(Offer::NoneUp(job)) if !pool.drained.is_empty() => {
             match offer(&pool.balancer, &pool.drained, job, pool.drained.len()) {
-                Ok(()) => return Ok(()),
+                Ok(b) => return Ok(b),
                 Err(Offer::NoneUp(job) | Offer::Refused(job)) => job,
             }
         }
@@ -65,19 +70,20 @@ enum Offer {
     Refused(Job),
 }
 
-/// Up to `tries` picks among `backends` until one takes the job.
-fn offer(
+/// Up to `tries` picks among `backends` until one takes the job; the one
+/// that did.
+fn offer<'b>(
     balancer: &Balancer,
-    backends: &[Arc<Backend>],
+    backends: &'b [Arc<Backend>],
     mut job: Job,
     tries: usize,
-) -> Result<(), Offer> {
+) -> Result<&'b Arc<Backend>, Offer> {
     for _ in 0..tries {
         let Some(i) = balancer.pick(backends) else {
             return Err(Offer::NoneUp(job));
         };
         match backends[i].try_send(job) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(&backends[i]),
             Err(back) => job = back,
         }
     }
@@ -85,27 +91,28 @@ fn offer(
 }
 
 /// Sends a ONEWAY message (name still `service:method`); nothing is ever
-/// answered.
-pub fn oneway(routes: &Routes, mut msg: Message) {
+/// answered. The backend it went to, if any.
+pub fn oneway(routes: &Routes, mut msg: Message) -> Option<&Arc<Backend>> {
     let service = msg.service().and_then(|s| std::str::from_utf8(s).ok());
-    let Some(pool) = service.and_then(|s| routes.services.get(s)).cloned() else {
+    let Some(pool) = service.and_then(|s| routes.services.get(s)) else {
         let name = String::from_utf8_lossy(msg.name());
         tracing::warn!(%name, "oneway call dropped: unknown service");
-        return;
+        return None;
     };
     pool.requests.inc();
     msg.strip_service();
     let job = Job { msg, reply: None };
     let tries = MAX_REROUTES as usize;
     let job = match offer(&pool.balancer, &pool.backends, job, tries) {
-        Ok(()) => return,
+        Ok(b) => return Some(b),
         // Like a call: a drained endpoint only when no other is up.
         Err(Offer::NoneUp(job)) => match offer(&pool.balancer, &pool.drained, job, tries) {
-            Ok(()) => return,
+            Ok(b) => return Some(b),
             Err(Offer::NoneUp(job) | Offer::Refused(job)) => job,
         },
         Err(Offer::Refused(job)) => job,
     };
     let name = String::from_utf8_lossy(job.msg.name());
     tracing::warn!(method = %name, "oneway call dropped: no live endpoint");
+    None
 }

@@ -12,7 +12,8 @@
 //! - `backend`: one endpoint connection: the seqid rewrite and restore
 //!   (`rpc_engine::SeqTable`), pipelining, heartbeats, reconnects, draining;
 //! - `routes`: registry snapshots → routing table;
-//! - `metrics`: the status page.
+//! - `metrics`: the status page;
+//! - `trace`: a span per call, when `otlp_endpoint` is set.
 
 mod backend;
 mod client;
@@ -20,5 +21,6 @@ mod forward;
 mod metrics;
 mod routes;
 mod server;
+mod trace;
 
 pub use server::{start, start_on, ProxyHandle};

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use anyhow::Context;
+use rpc_config::otel::Tracing;
 use rpc_config::Config;
 use rpc_engine::{drain, serve};
 use rpc_registry::Registry;
@@ -150,6 +151,8 @@ pub async fn start_on(
         latency_decay: config.balance_decay,
     };
     let metrics = Metrics::new(config.metrics_max_methods);
+    let tracing = Tracing::from_config(config, "rpc-proxy", env!("CARGO_PKG_VERSION"))
+        .map_err(anyhow::Error::msg)?;
     let falcon = rpc_config::falcon::start(config, &metrics.methods);
     let (mut manager, routes) = RouteManager::new(
         config.product.clone(),
@@ -174,6 +177,7 @@ pub async fn start_on(
         frame_timeout: config.frame_timeout,
         metrics,
         handoff: Default::default(),
+        tracing: tracing.clone(),
     });
     let (signal, watch) = drain::channel();
     let signal = Arc::new(signal);
@@ -206,6 +210,10 @@ pub async fn start_on(
             tracing::warn!("stop timeout reached with connections still busy");
         }
         manager.close();
+        // The spans of the last calls, sent before the process goes.
+        if let Some(t) = tracing {
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+        }
         tracing::info!("proxy stopped");
     });
     let (routes, settings, watch) = adopt;
@@ -297,6 +305,10 @@ fn serve_metrics(
 /// What the status page says about this proxy.
 fn about(config: &Config) -> rpc_config::status_page::About {
     let addresses: Vec<String> = config.proxy_address.iter().map(|a| a.to_string()).collect();
+    let tracing = match &config.otlp_endpoint {
+        Some(endpoint) => format!("{endpoint}, sampling {}", config.trace_sample_ratio),
+        None => "off".into(),
+    };
     rpc_config::status_page::About::new("rpc-proxy", env!("CARGO_PKG_VERSION"))
         .set("product", &config.product)
         .set("zk", &config.registry)
@@ -305,6 +317,7 @@ fn about(config: &Config) -> rpc_config::status_page::About {
         .set("rpc_timeout", format!("{:?}", config.rpc_timeout))
         .set("max_connections", config.max_connections)
         .set("max_inflight", config.max_inflight)
+        .set("tracing", tracing)
         .set(
             "heartbeat",
             format!(
