@@ -348,26 +348,43 @@ impl HttpClient for HttpSender {
     }
 }
 
-/// One request on the kept connection (made anew when there is none or
-/// it closed).
+/// One request on the kept connection, or on a new one when there is
+/// none, or it closed before taking the request (a collector may close an
+/// idle connection at any time).
 async fn exchange(
     kept: &Mutex<Option<SendRequest<Full<Bytes>>>>,
     request: Request<Bytes>,
 ) -> Result<Response<Bytes>, HttpError> {
     let (mut parts, body) = request.into_parts();
     let authority = parts.uri.authority().ok_or("no host in the URL")?.clone();
-    let taken = kept.lock().unwrap_or_else(PoisonError::into_inner).take();
-    let mut sender = match taken {
-        Some(s) if !s.is_closed() => s,
-        _ => connect(&authority).await?,
-    };
-    sender.ready().await?;
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = path.parse()?;
     parts.headers.insert(HOST, authority.as_str().parse()?);
-    let response = sender
-        .send_request(Request::from_parts(parts, Full::new(body)))
-        .await?;
+    let mut request = Request::from_parts(parts, Full::new(body));
+    let taken = kept.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(mut sender) = taken.filter(|s| !s.is_closed()) {
+        if sender.ready().await.is_ok() {
+            match sender.try_send_request(request).await {
+                Ok(response) => return keep(kept, sender, response).await,
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+    let mut sender = connect(&authority).await?;
+    sender.ready().await?;
+    let response = sender.send_request(request).await?;
+    keep(kept, sender, response).await
+}
+
+/// Reads the whole response, then keeps the connection for the next one.
+async fn keep(
+    kept: &Mutex<Option<SendRequest<Full<Bytes>>>>,
+    sender: SendRequest<Full<Bytes>>,
+    response: Response<hyper::body::Incoming>,
+) -> Result<Response<Bytes>, HttpError> {
     let (parts, body) = response.into_parts();
     let body = body.collect().await?.to_bytes();
     *kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender);
@@ -432,6 +449,63 @@ mod tests {
             "http://c:4318/v1/traces"
         );
         assert_eq!(tracing_endpoint("http://c:4318/x/y"), "http://c:4318/x/y");
+    }
+
+    /// A collector on a plain thread: answers 200 to every POST, closing
+    /// each connection after its second request; counts requests and
+    /// connections.
+    fn collector() -> (String, Arc<Mutex<(usize, usize)>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new((0, 0)));
+        let counts = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let mut conn = BufReader::new(conn.unwrap());
+                counts.lock().unwrap().1 += 1;
+                for n in 1..=2 {
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        if conn.read_line(&mut line).unwrap() == 0 {
+                            break;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    conn.read_exact(&mut body).unwrap();
+                    counts.lock().unwrap().0 += 1;
+                    let close = if n == 2 { "Connection: close\r\n" } else { "" };
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n{close}\r\n");
+                    conn.get_mut().write_all(answer.as_bytes()).unwrap();
+                }
+            }
+        });
+        (url, seen)
+    }
+
+    #[test]
+    fn exports_from_a_thread_outside_any_runtime_on_kept_connections() {
+        let (url, seen) = collector();
+        let sender = HttpSender::start(Duration::from_secs(5)).unwrap();
+        for _ in 0..5 {
+            let request = Request::post(&url)
+                .header("content-type", "application/x-protobuf")
+                .body(Bytes::from_static(b"spans"))
+                .unwrap();
+            // As the batch processor's thread does.
+            let response = futures::executor::block_on(sender.send_bytes(request)).unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        // Two requests per connection, then a new one.
+        assert_eq!(*seen.lock().unwrap(), (5, 3));
     }
 
     #[tokio::test]
