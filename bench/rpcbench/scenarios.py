@@ -299,6 +299,40 @@ def scenario_python(s, k):
     )
 
 
+def scenario_tracing(s, k):
+    """What spans per call cost the proxy: tracing off, and on at sampling
+    1.0 and 0.01 with spans sent over OTLP/HTTP to a local sink."""
+    svc, svc_addr = k.service()
+    proxy, proxy_tcp, _ = k.proxy()
+    sink, sink_url = s.otlp_sink("otlp-sink")
+    paths = [("direct", svc_addr, [svc], {"direct": True}), ("proxy, tracing off", proxy_tcp, [proxy], {})]
+    traced = []
+    for ratio in (1.0, 0.01):
+        name = "proxy-trace-" + f"{ratio:g}".replace(".", "_")
+        p, tcp, _ = s.proxy(name, otlp_endpoint=sink_url, trace_sample_ratio=ratio)
+        traced.append(p)
+        try:
+            # Every call now carries the trace field (argument 32767).
+            wait_until(f"{name} routes traced calls", lambda: probe(tcp, "bench:echo"), [svc, p, sink],
+                       timeout=10)
+        except ComponentError as e:
+            s.failures.append(f"tracing, sampling {ratio:g}: the service did not answer a call carrying "
+                              f"the trace field (a Thrift server must skip unknown field ids): {e}")
+            continue
+        paths.append((f"proxy, tracing on, sampling {ratio:g}", tcp, [p, sink], {}))
+    shapes = [(4, 8), (1, 1)]
+    rows = scenario_paths(s, paths, shapes, [64])
+    s.section(
+        "Tracing: spans per call at the proxy (OTLP/HTTP to a local sink)", PATH_COLUMNS, rows,
+        ["tracing off: no otlp_endpoint (the default); on: otlp_endpoint set, trace_sample_ratio 1.0 or 0.01; "
+         "every call then carries its trace context to the service (sampled or not), and a sampled one "
+         "makes a span, batched and exported on the proxy's own threads",
+         "CPU: the proxy, + the OTLP sink (a Python HTTP server that discards what it gets) on tracing rows; "
+         "a batch may be exported up to 5 s after its run, so the sink's share is approximate"],
+    )
+    s.stop(*traced, sink)
+
+
 SCENARIOS = [
     ("paths", "throughput and latency", scenario_paths_main),
     ("payloads", "payload sizes", scenario_payloads),
@@ -307,6 +341,7 @@ SCENARIOS = [
     ("lb-dispatch", "slow calls among fast ones: LB dispatch", scenario_lb_dispatch),
     ("balance", "one slow endpoint of two: proxy balance", scenario_balance),
     ("python", "Python services", scenario_python),
+    ("tracing", "proxy tracing: off, and on at sampling 1.0 and 0.01", scenario_tracing),
 ]
 
 PATH_COLUMNS = ["shape", "path", "req/s", "p50 µs", "p99 µs", "p99.9 µs", "× direct", "CPU s / 1M req",

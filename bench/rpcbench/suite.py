@@ -79,10 +79,11 @@ class Suite:
         wait_until(f"{name} registered", lambda: "registered " in p.output(), [p])
         return p, addr
 
-    def proxy(self, name, balance=None):
+    def proxy(self, name, balance=None, **more):
+        """A proxy on TCP and a Unix socket; `more`: further config.ini keys."""
         tcp = f"127.0.0.1:{free_port()}"
         unix = os.path.join(self.tmp, name + ".sock")
-        keys = {"proxy_address": f"{tcp},{unix}", "threads": self.a.proxy_threads}
+        keys = {"proxy_address": f"{tcp},{unix}", "threads": self.a.proxy_threads, **more}
         if balance:
             keys["balance"] = balance
         cfg = self.ini(name, **keys)
@@ -137,6 +138,14 @@ class Suite:
                               "--listen", addr], env=env)
         wait_until(f"{name} serving", lambda: probe(addr, "echo"), [p])
         return p, addr
+
+    def otlp_sink(self, name):
+        """A local OTLP/HTTP receiver that discards what it gets: (proc, URL)."""
+        addr = f"127.0.0.1:{free_port()}"
+        p = self.start(name, [sys.executable, os.path.join(ROOT, "bench", "rpcbench", "otlp_sink.py"),
+                              "--listen", addr])
+        wait_until(f"{name} listening", lambda: can_connect(addr), [p])
+        return p, f"http://{addr}"
 
     def haproxy(self, backend, name="haproxy"):
         exe = shutil.which("haproxy")
