@@ -151,7 +151,7 @@ pub async fn start_on(
         latency_decay: config.balance_decay,
     };
     let metrics = Metrics::new(config.metrics_max_methods);
-    let tracing = Tracing::from_config(config, "rpc-proxy", env!("CARGO_PKG_VERSION"))
+    let tracer = Tracing::from_config(config, "rpc-proxy", env!("CARGO_PKG_VERSION"))
         .map_err(anyhow::Error::msg)?;
     let falcon = rpc_config::falcon::start(config, &metrics.methods);
     let (mut manager, routes) = RouteManager::new(
@@ -177,7 +177,7 @@ pub async fn start_on(
         frame_timeout: config.frame_timeout,
         metrics,
         handoff: Default::default(),
-        tracing: tracing.clone(),
+        tracing: tracer.clone(),
     });
     let (signal, watch) = drain::channel();
     let signal = Arc::new(signal);
@@ -211,7 +211,7 @@ pub async fn start_on(
         }
         manager.close();
         // The spans of the last calls, sent before the process goes.
-        if let Some(t) = tracing {
+        if let Some(t) = tracer {
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
         }
         tracing::info!("proxy stopped");
@@ -305,7 +305,7 @@ fn serve_metrics(
 /// What the status page says about this proxy.
 fn about(config: &Config) -> rpc_config::status_page::About {
     let addresses: Vec<String> = config.proxy_address.iter().map(|a| a.to_string()).collect();
-    let tracing = match &config.otlp_endpoint {
+    let spans = match &config.otlp_endpoint {
         Some(endpoint) => format!("{endpoint}, sampling {}", config.trace_sample_ratio),
         None => "off".into(),
     };
@@ -317,7 +317,7 @@ fn about(config: &Config) -> rpc_config::status_page::About {
         .set("rpc_timeout", format!("{:?}", config.rpc_timeout))
         .set("max_connections", config.max_connections)
         .set("max_inflight", config.max_inflight)
-        .set("tracing", tracing)
+        .set("tracing", spans)
         .set(
             "heartbeat",
             format!(
