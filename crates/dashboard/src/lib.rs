@@ -25,10 +25,11 @@
 mod code_link;
 mod fleet;
 mod probe;
-mod prom;
+// Public for other readers of status pages (`rpcctl top`).
+pub mod prom;
 mod registry;
-mod series;
-mod status;
+pub mod series;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -276,7 +276,7 @@ fn by_method(metrics: &[Line], prefix: &str) -> BTreeMap<String, (u64, u64)> {
 /// The body of `GET path` on the HTTP server at `address` (`host:port`),
 /// which must answer 200 by `deadline`. HTTP/1.0, so the answer is never
 /// chunked and ends when the server closes.
-async fn get(address: &str, path: &str, deadline: Instant) -> Result<String, String> {
+pub async fn get(address: &str, path: &str, deadline: Instant) -> Result<String, String> {
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(address)
             .await
