@@ -4,13 +4,18 @@
 //! mark, which takes it out of the proxies' rotation and back. Nothing
 //! else is ever registered or changed in the registry (the embedded one
 //! drops the entries of dead processes, as every reader of it does).
+//! `call` makes one Thrift call through a proxy, typed by an IDL, with
+//! JSON in and out.
 
 mod age;
+mod call;
 mod drain;
+mod idl;
 mod list;
 mod ping;
 mod source;
 mod table;
+mod tjson;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,23 +24,28 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rpc_config::{Config, RegistrySpec};
+use rpc_transport::Address;
 
 use crate::source::Source;
 
 /// The longest `rpcctl` waits for ZooKeeper (connecting, and each read).
 const REGISTRY_WAIT: Duration = Duration::from_secs(10);
 
+/// Where `call` finds the proxy when neither `--proxy` nor the config say.
+const DEFAULT_PROXY: &str = "127.0.0.1:5550";
+
 #[derive(Parser)]
 #[command(
     name = "rpcctl",
     version,
-    about = "Inspect the registry, check endpoints, drain and undrain them",
+    about = "Inspect the registry, check endpoints, drain and undrain them, make calls",
     after_help = "Registry: --zk, else the `zk` key of -c config.ini, else the embedded \
                   registry the other binaries default to (RPC_REGISTRY_DIR or the system's \
                   temporary directory).\n\
                   Exit status: 0 on success; 1 when the registry cannot be read or written, \
-                  when `ping` got no echo from any endpoint, or when `drain`/`undrain` name \
-                  an endpoint that is not registered (without --force)."
+                  when `ping` got no echo from any endpoint, when `drain`/`undrain` name \
+                  an endpoint that is not registered (without --force), or when `call` did \
+                  not return (an exception, an error)."
 )]
 struct Args {
     /// Registry: ZooKeeper hosts `h1:2181,h2:2181`, or `local:DIR` (`local`
@@ -98,6 +108,37 @@ enum Command {
               value_parser = clap::value_parser!(u64).range(100..))]
         refresh_ms: u64,
     },
+    /// Call METHOD of SERVICE through a proxy: ARGS (a JSON object keyed by
+    /// argument names; `-` reads it from standard input) are encoded as
+    /// the IDL says, the answer printed as JSON: the result, or
+    /// {"exception", "field", "value"} for a declared exception, or
+    /// {"exception": "TApplicationException", "type", "type_id",
+    /// "message"}. Binary values are base64; enums are names.
+    Call {
+        /// The service, as the proxy routes it (its registry name).
+        service: String,
+        /// The method.
+        method: String,
+        /// The arguments, a JSON object [default: none].
+        args: Option<String>,
+        /// The IDL (Thrift file) that defines METHOD; files it includes
+        /// are read from beside it.
+        #[arg(long, value_name = "FILE.thrift")]
+        thrift: PathBuf,
+        /// The IDL service that has METHOD, when the file has several and
+        /// none is named like SERVICE.
+        #[arg(long, value_name = "NAME")]
+        idl_service: Option<String>,
+        /// The proxy [default: the config's first `proxy_address`, else
+        /// 127.0.0.1:5550].
+        #[arg(long, value_name = "ADDR")]
+        proxy: Option<Address>,
+        /// Give up after this long, connecting included [default: the
+        /// config's `rpc_timeout` plus one second, so the proxy's own
+        /// timeout answers first].
+        #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+        timeout_ms: Option<u64>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -142,12 +183,36 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let wait = config.zk_session_timeout.min(REGISTRY_WAIT);
     let command = match args.command {
         // Before the registry is opened: the page starts (and shows the
-        // error) while ZooKeeper is down.
+        // error) while ZooKeeper is down; `call` does not read it.
         Command::Dashboard {
             listen,
             status,
             refresh_ms,
         } => return dashboard(&config, &listen, status, refresh_ms, wait).await,
+        Command::Call {
+            service,
+            method,
+            args: call_args,
+            thrift,
+            idl_service,
+            proxy,
+            timeout_ms,
+        } => {
+            let request = call::Request {
+                service,
+                method,
+                thrift,
+                idl_service,
+                args: call::read_args(call_args.as_deref())?,
+            };
+            let proxy = proxy
+                .or_else(|| config.proxy_address.first().cloned())
+                .unwrap_or_else(|| Address::Tcp(DEFAULT_PROXY.into()));
+            let limit = timeout_ms.map_or(config.rpc_timeout + Duration::from_secs(1), |ms| {
+                Duration::from_millis(ms)
+            });
+            return make_call(request, &proxy, limit).await;
+        }
         other => other,
     };
     let source = Source::open(&config.registry, wait).await?;
@@ -209,7 +274,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        Command::Dashboard { .. } => unreachable!("served above"),
+        Command::Dashboard { .. } | Command::Call { .. } => {
+            unreachable!("run above")
+        }
     }
 }
 
@@ -267,6 +334,26 @@ async fn dashboard(
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `rpcctl call`: prints the answer as JSON; fails unless the call
+/// returned.
+async fn make_call(
+    request: call::Request,
+    proxy: &Address,
+    limit: Duration,
+) -> anyhow::Result<ExitCode> {
+    let answer = call::call(&request, proxy, limit).await?;
+    if let Some(doc) = answer.to_json() {
+        print(serde_json::to_string_pretty(&doc).expect("JSON values serialize") + "\n");
+    }
+    match answer.error(&request.service, &request.method) {
+        Some(e) => {
+            eprintln!("rpcctl: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn print(text: String) {

@@ -1,6 +1,8 @@
 //! `rpcctl dashboard`: the fleet page and its JSON API, served by the
 //! binary over the embedded registry.
 
+// This test uses only a part of the helpers.
+#[allow(dead_code)]
 mod common;
 
 use std::process::{Command, Stdio};
@@ -20,7 +22,13 @@ async fn serves_the_registry_as_a_page_and_json() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rpcctl"))
         .args(["--zk", &format!("local:{}", dir.path().display())])
-        .args(["dashboard", "--listen", &addr.to_string(), "--refresh-ms", "200"])
+        .args([
+            "dashboard",
+            "--listen",
+            &addr.to_string(),
+            "--refresh-ms",
+            "200",
+        ])
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
@@ -32,7 +40,10 @@ async fn serves_the_registry_as_a_page_and_json() {
                 break doc;
             }
         }
-        assert!(Instant::now() < until, "the dashboard never listed the registry");
+        assert!(
+            Instant::now() < until,
+            "the dashboard never listed the registry"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let service = &fleet["products"][0]["services"][0];
