@@ -4,8 +4,8 @@
 //! mark, which takes it out of the proxies' rotation and back. Nothing
 //! else is ever registered or changed in the registry (the embedded one
 //! drops the entries of dead processes, as every reader of it does).
-//! `call` makes one Thrift call through a proxy, typed by an IDL, with
-//! JSON in and out.
+//! `top` shows live traffic from status pages; `call` makes one Thrift
+//! call through a proxy, typed by an IDL, with JSON in and out.
 
 mod age;
 mod call;
@@ -16,9 +16,14 @@ mod ping;
 mod source;
 mod table;
 mod tjson;
+mod top;
+mod tui;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -38,14 +43,15 @@ const DEFAULT_PROXY: &str = "127.0.0.1:5550";
 #[command(
     name = "rpcctl",
     version,
-    about = "Inspect the registry, check endpoints, drain and undrain them, make calls",
+    about = "Inspect the registry, check endpoints, drain and undrain them, watch traffic, make calls",
     after_help = "Registry: --zk, else the `zk` key of -c config.ini, else the embedded \
                   registry the other binaries default to (RPC_REGISTRY_DIR or the system's \
                   temporary directory).\n\
                   Exit status: 0 on success; 1 when the registry cannot be read or written, \
                   when `ping` got no echo from any endpoint, when `drain`/`undrain` name \
-                  an endpoint that is not registered (without --force), or when `call` did \
-                  not return (an exception, an error)."
+                  an endpoint that is not registered (without --force), when `top` could \
+                  read no status page, or when `call` did not return (an exception, an \
+                  error)."
 )]
 struct Args {
     /// Registry: ZooKeeper hosts `h1:2181,h2:2181`, or `local:DIR` (`local`
@@ -107,6 +113,23 @@ enum Command {
         #[arg(long, default_value_t = 2000, value_name = "MS",
               value_parser = clap::value_parser!(u64).range(100..))]
         refresh_ms: u64,
+    },
+    /// Live traffic from the status pages of proxies and LBs: per service
+    /// and method the request rate, errors and p99 latency of the last
+    /// interval; per endpoint, how the proxies see it. A terminal UI (q
+    /// quits); with --once, or when standard output is not a terminal, one
+    /// table after two reads (--json: the same as JSON).
+    Top {
+        /// Status pages (`metrics_address`) of proxies and LBs to read.
+        #[arg(long, value_delimiter = ',', value_name = "ADDR,...", required = true)]
+        status: Vec<String>,
+        /// Time between reads; rates are over this interval.
+        #[arg(long, default_value_t = 1000, value_name = "MS",
+              value_parser = clap::value_parser!(u64).range(100..))]
+        interval_ms: u64,
+        /// Print one snapshot and exit.
+        #[arg(long)]
+        once: bool,
     },
     /// Call METHOD of SERVICE through a proxy: ARGS (a JSON object keyed by
     /// argument names; `-` reads it from standard input) are encoded as
@@ -183,12 +206,21 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let wait = config.zk_session_timeout.min(REGISTRY_WAIT);
     let command = match args.command {
         // Before the registry is opened: the page starts (and shows the
-        // error) while ZooKeeper is down; `call` does not read it.
+        // error) while ZooKeeper is down; `top` and `call` do not read it.
         Command::Dashboard {
             listen,
             status,
             refresh_ms,
         } => return dashboard(&config, &listen, status, refresh_ms, wait).await,
+        Command::Top {
+            status,
+            interval_ms,
+            once,
+        } => {
+            let interval = Duration::from_millis(interval_ms);
+            let once = once || !std::io::stdout().is_terminal();
+            return top(status, interval, once, args.json).await;
+        }
         Command::Call {
             service,
             method,
@@ -274,7 +306,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        Command::Dashboard { .. } | Command::Call { .. } => {
+        Command::Dashboard { .. } | Command::Top { .. } | Command::Call { .. } => {
             unreachable!("run above")
         }
     }
@@ -333,6 +365,74 @@ async fn dashboard(
         served = rpc_dashboard::serve(listener, options) => served?,
         _ = tokio::signal::ctrl_c() => {}
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rpcctl top`: one snapshot after two reads, or the terminal UI until
+/// the user quits.
+async fn top(
+    status: Vec<String>,
+    interval: Duration,
+    once: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    // A page that does not answer within the interval is late: it is shown
+    // as such rather than holding the others back.
+    let limit = interval.min(Duration::from_secs(2));
+    let mut sampler = top::Sampler::new(&status, limit);
+    if once {
+        let started = tokio::time::Instant::now();
+        sampler.sample().await;
+        tokio::time::sleep_until(started + interval).await;
+        sampler.sample().await;
+        let snapshot = sampler.snapshot();
+        print(if json {
+            snapshot.to_json()
+        } else {
+            snapshot.to_text()
+        });
+        if sampler.all_failed() {
+            eprintln!("rpcctl: no status page could be read");
+            return Ok(ExitCode::FAILURE);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (publish, snapshots) = tokio::sync::watch::channel(None);
+    let sampling = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            sampler.sample().await;
+            if publish.send(Some(Arc::new(sampler.snapshot()))).is_err() {
+                return;
+            }
+        }
+    });
+    // SIGTERM or SIGHUP end the UI as `q` does, so the terminal is restored.
+    let stop = Arc::new(AtomicBool::new(false));
+    let signals = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = hup.recv() => {}
+            }
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let ui = tokio::task::spawn_blocking(move || tui::run(snapshots, stop, interval)).await;
+    sampling.abort();
+    signals.abort();
+    ui.context("the terminal UI panicked")?
+        .context("the terminal UI failed")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -185,10 +185,11 @@ pub struct CallSpan {
     traceparent: [u8; TRACEPARENT_LEN],
 }
 
-/// What a call's span says when it ends.
+/// What a call's span says when it ends; it is named `service:method`
+/// (`method` alone for a name without a service).
 pub struct SpanEnd<'a> {
-    /// `service:method` as the client named it.
-    pub name: &'a [u8],
+    pub service: &'a [u8],
+    pub method: &'a [u8],
     pub peer: Option<&'a str>,
     pub outcome: &'static str,
     pub seqid: i32,
@@ -213,15 +214,15 @@ impl CallSpan {
             return;
         }
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let (service, method) = match end.name.iter().position(|&b| b == b':') {
-            Some(p) => (&end.name[..p], &end.name[p + 1..]),
-            None => (&b""[..], end.name),
-        };
-        self.span.update_name(text(end.name));
+        let (service, method) = (text(end.service), text(end.method));
+        self.span.update_name(match service.is_empty() {
+            true => method.clone(),
+            false => format!("{service}:{method}"),
+        });
         let mut attrs = Vec::with_capacity(6);
         attrs.push(KeyValue::new(attr::SYSTEM, "thrift"));
-        attrs.push(KeyValue::new(attr::SERVICE, text(service)));
-        attrs.push(KeyValue::new(attr::METHOD, text(method)));
+        attrs.push(KeyValue::new(attr::SERVICE, service));
+        attrs.push(KeyValue::new(attr::METHOD, method));
         if let Some(peer) = end.peer {
             attrs.push(KeyValue::new(attr::PEER, peer.to_string()));
         }

@@ -50,8 +50,13 @@ impl Traced {
         at: Instant,
     ) {
         let peer = self.peer.as_ref().map(|b| b.address.to_string());
+        let (service, method) = match name.iter().position(|&b| b == b':') {
+            Some(p) => (&name[..p], &name[p + 1..]),
+            None => (&b""[..], name),
+        };
         let end = SpanEnd {
-            name,
+            service,
+            method,
             peer: peer.as_deref(),
             outcome: end.label(),
             seqid,
