@@ -193,3 +193,28 @@ def test_stock_servers_answer_calls_carrying_the_trace_field(procs, tmp_path, pr
     finally:
         sink.close()
         server.server.serverTransport.close()
+
+
+def test_rust_service_answers_calls_carrying_the_trace_field(procs, tmp_path):
+    """The same through the Thrift crate's generated code (rpc-demo's Echo
+    service on the Rust SDK)."""
+    sink = OtlpSink()
+    stack = Stack(procs, tmp_path, zk=f"local:{tmp_path / 'registry'}")
+    stack.proxy(otlp_endpoint=sink.url, trace_sample_ratio=1)
+    proxy = procs.all[-1]
+    try:
+        stack.rust_service("echo")
+        stack.wait_ready("echo")
+        with stack.client() as conn:
+            c = conn.client(Echo.Client, "echo")
+            assert c.echo("traced") == "traced"
+            assert c.add(40, 2) == 42
+            with pytest.raises(EchoError):
+                c.fail("declared")
+            c.notify("fire and forget")
+            assert c.echo("after oneway") == "after oneway"
+        proxy.signal(signal.SIGTERM)
+        assert proxy.wait(20) == 0
+        assert sink.received(), "no spans exported"
+    finally:
+        sink.close()
