@@ -11,7 +11,9 @@
 //! 3. receives each client connection of the old server once it sits
 //!    between two requests (every request it read answered), with the bytes
 //!    of a frame already read, and serves it on: clients notice nothing;
-//! 4. learns that nothing more comes, and takes the control socket over.
+//! 4. learns that nothing more comes, and takes the control socket over;
+//!    a server whose successor must act before it may exit (the LB's
+//!    successor registers the endpoint) waits until it says it has.
 //!
 //! Every message on the control socket is `[u32 note length][u32 data
 //! length][note: JSON][data]`, a descriptor riding on its first byte.
@@ -62,6 +64,8 @@ enum Note {
     Connection { unix: bool },
     /// Old → successor: nothing more comes.
     Done,
+    /// Successor → old: everything taken over; the old server may go.
+    Finished,
 }
 
 /// The control socket's path for a server whose first listening address
@@ -173,6 +177,16 @@ impl Upgrade {
     pub async fn done(mut self) -> io::Result<()> {
         self.ch.send(&Note::Done, &[], None).await
     }
+
+    /// [`Upgrade::done`], then waits until the successor says it has taken
+    /// everything over ([`Takeover::finished`]).
+    pub async fn done_and_wait(mut self) -> io::Result<()> {
+        self.ch.send(&Note::Done, &[], None).await?;
+        match self.ch.recv().await? {
+            (Note::Finished, _, _) => Ok(()),
+            (other, _, _) => Err(bad(format!("expected finished, got {other:?}"))),
+        }
+    }
 }
 
 /// The successor's side, after the listeners arrived.
@@ -238,6 +252,13 @@ impl Takeover {
             (Note::Done, _, _) => Ok(None),
             (other, _, _) => Err(bad(format!("expected a connection, got {other:?}"))),
         }
+    }
+
+    /// Tells the old server, once [`Takeover::next_connection`] returned
+    /// `None`, that everything is taken over (it may be waiting for this in
+    /// [`Upgrade::done_and_wait`]).
+    pub async fn finished(mut self) -> io::Result<()> {
+        self.ch.send(&Note::Finished, &[], None).await
     }
 }
 
@@ -411,6 +432,24 @@ mod tests {
         let _c = Stream::connect(&tcp_addr).await.unwrap();
         taken.listeners[0].accept().await.unwrap();
         drop((tcp, unix));
+    }
+
+    #[tokio::test]
+    async fn the_old_side_can_wait_until_the_successor_has_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("control");
+        let old = Handoff::listen(&control).unwrap();
+        let successor = tokio::spawn(async move {
+            let (_taken, mut takeover) = take_over(&control).await.unwrap();
+            takeover.ready().await.unwrap();
+            assert!(takeover.next_connection().await.unwrap().is_none());
+            takeover.finished().await.unwrap();
+        });
+        let mut up = old.accept().await.unwrap();
+        up.send_listeners(&[], None).await.unwrap();
+        up.wait_ready().await.unwrap();
+        up.done_and_wait().await.unwrap();
+        successor.await.unwrap();
     }
 
     #[tokio::test]
