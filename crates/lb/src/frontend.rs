@@ -5,15 +5,20 @@
 //! carrying the seqid it came with. Heartbeats are echoed unchanged. The
 //! number of unanswered requests is capped (`max_inflight`): at the cap the
 //! task stops reading and TCP pushes back on the proxy.
+//!
+//! During an upgrade ([`FrontSettings::handoff`] set) a connection told to
+//! stop hands its socket to the successor instead of closing, once every
+//! request it read is answered: the proxy keeps its connection.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rpc_codec::{application_exception, ExceptionKind, Message, MessageType};
-use rpc_engine::{conn, drain};
+use rpc_engine::conn::{self, End};
+use rpc_engine::drain;
 use rpc_engine::{Cx, Failure, Flow, Hop, Options};
 use rpc_transport::Stream;
 use tokio::sync::mpsc;
@@ -30,6 +35,10 @@ pub struct FrontSettings {
     pub rpc_timeout: Duration,
     pub frame_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    /// Set when an upgrade starts: stopping connections then hand their
+    /// socket (between two requests) to the successor through it instead
+    /// of closing.
+    pub handoff: OnceLock<mpsc::UnboundedSender<(Stream, BytesMut)>>,
 }
 
 /// When the last request arrived, for the quiet period of a graceful stop.
@@ -67,8 +76,11 @@ impl Default for Activity {
     }
 }
 
+/// Serves one proxy connection; `read` holds the bytes already read from
+/// it past its last request when the LB we upgrade handed it over.
 pub async fn serve(
     stream: Stream,
+    read: BytesMut,
     dispatcher: Arc<Dispatcher>,
     settings: Arc<FrontSettings>,
     activity: Arc<Activity>,
@@ -94,7 +106,11 @@ pub async fn serve(
     // Borrowed, not moved: the watch must live until the connection ends,
     // since the server's drain waits for it.
     let stop = shutdown.signaled();
-    conn::run(&mut hop, stream, stop, &opts).await;
+    if let End::HandedOff(handed) = conn::run_with(&mut hop, stream, read, stop, &opts).await {
+        if let Some(successor) = settings.handoff.get() {
+            let _ = successor.send(*handed);
+        }
+    }
 }
 
 /// One proxy connection as a hop of the engine: requests go to the
@@ -171,6 +187,14 @@ impl Hop for FrontConn<'_> {
 
     fn owes(&self) -> bool {
         self.inflight > 0
+    }
+
+    fn on_shutdown(&mut self, _cx: &mut Cx<'_>) -> Flow {
+        if self.settings.handoff.get().is_some() {
+            Flow::HandOff
+        } else {
+            Flow::Close
+        }
     }
 }
 

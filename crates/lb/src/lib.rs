@@ -3,7 +3,8 @@
 //! worker with a free slot.
 //!
 //! Request path, top to bottom:
-//! - `server`: both listeners, connection limits, graceful stop;
+//! - `server`: both listeners, connection limits, graceful stop, upgrades
+//!   (a successor takes the sockets, then the proxies' connections);
 //! - `frontend`: one proxy connection: heartbeats, out-of-order replies,
 //!   backpressure; every answer comes back on one channel per connection
 //!   (`reply`), so a request costs no allocation of its own beyond its
@@ -13,7 +14,9 @@
 //! - `worker`: one worker connection: seqid rewrite, batching,
 //!   deadlines of the requests it wrote (one timer per connection),
 //!   heartbeats, lost-worker detection, STOP;
-//! - `register`: in the registry only while a worker is connected;
+//! - `register`: in the registry only while a worker is connected (an
+//!   upgrade's successor: in its predecessor's place as soon as it has
+//!   taken everything over, workers or not);
 //! - `supervise`: the worker processes the LB starts itself
 //!   (`worker_command`): restarts, recycling, reloads;
 //! - `metrics`: the status page on `metrics_address` (Prometheus,
@@ -30,15 +33,5 @@ mod supervise;
 mod worker;
 
 pub use dispatch::Stats;
-pub use server::{start, validate, LbHandle};
+pub use server::{start, start_on, validate, LbHandle};
 pub use supervise::SlotView;
-
-/// Waits until `rx` holds a value satisfying `cond`; `false` if the sender
-/// is gone. Unlike `watch::Receiver::wait_for`, holds no borrow afterwards,
-/// so it can sit in a `select!` of a task that moves between threads.
-pub(crate) async fn until<T>(
-    rx: &mut tokio::sync::watch::Receiver<T>,
-    cond: impl FnMut(&T) -> bool,
-) -> bool {
-    rx.wait_for(cond).await.is_ok()
-}

@@ -3,14 +3,21 @@
 //! connects (if that worker is still there), leaves after `no_worker_grace`
 //! without any worker, and comes back when one returns. A graceful stop
 //! removes it first of all.
+//!
+//! Upgrades: an LB that took over a predecessor's sockets finds the
+//! endpoint registered already (same frontend, same path); it registers at
+//! once when told to ([`Command::RegisterNow`], replacing the predecessor's
+//! entry, workers or not), and follows its workers from then on. The
+//! predecessor leaves its entry in place ([`Command::Abandon`]): removing
+//! it could remove the successor's.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rpc_registry::{Endpoint, Registration, Registry};
-use tokio::sync::watch;
-use tokio::time::{sleep, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{sleep_until, Instant};
 
 use crate::metrics::Metrics;
 
@@ -23,72 +30,134 @@ pub struct RegisterSettings {
     pub no_worker_grace: Duration,
 }
 
-/// Follows the worker count until `stop` turns true; returns once the
-/// endpoint is out of the registry. Keeps `metrics.registered` true while in.
+/// What the rest of the LB asks of its registration; each is answered
+/// once done.
+pub enum Command {
+    /// Register now, workers or not (an upgrade's successor); answered
+    /// once registered.
+    RegisterNow(oneshot::Sender<()>),
+    /// Graceful stop: leave the registry.
+    Leave(oneshot::Sender<()>),
+    /// Handed over to a successor: stop, leaving the entry as it is.
+    Abandon(oneshot::Sender<()>),
+}
+
+enum State {
+    /// Taken over: the predecessor's entry stands until `RegisterNow`.
+    Predecessor,
+    Out,
+    /// A worker is connected; registering at the instant unless it goes.
+    Settling(Instant),
+    /// The registry refused; trying again at the instant.
+    Retrying(Instant),
+    /// Registered; with no worker since a while, leaving at the instant.
+    In(Registration, Option<Instant>),
+}
+
+/// Follows the worker count and the commands until told to leave or
+/// abandon (or until the LB is gone: then it leaves). Keeps
+/// `metrics.registered` true while in. `taken_over`: start in the
+/// predecessor's registration (see the module's doc).
 pub async fn run(
     registry: Arc<dyn Registry>,
     s: RegisterSettings,
     mut workers: watch::Receiver<usize>,
-    mut stop: watch::Receiver<bool>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
     metrics: Arc<Metrics>,
+    taken_over: bool,
 ) {
+    let mut state = if taken_over {
+        State::Predecessor
+    } else {
+        State::Out
+    };
+    // Who waits for `RegisterNow` to be done.
+    let mut registered: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
-        // Unregistered: wait for a worker that stays for the settle delay.
-        tokio::select! {
-            ok = crate::until(&mut workers, |n| *n > 0) => if !ok { return },
-            _ = crate::until(&mut stop, |s| *s) => return,
-        }
-        let settle = sleep(s.register_delay);
-        tokio::pin!(settle);
-        let settled = tokio::select! {
-            _ = &mut settle => true,
-            _ = crate::until(&mut workers, |n| *n == 0) => false,
-            _ = crate::until(&mut stop, |s| *s) => return,
+        let n = *workers.borrow_and_update();
+        let now = Instant::now();
+        state = match state {
+            State::Out if n > 0 => State::Settling(now + s.register_delay),
+            State::Settling(_) if n == 0 => State::Out,
+            State::In(r, None) if n == 0 => State::In(r, Some(now + s.no_worker_grace)),
+            State::In(r, Some(_)) if n > 0 => State::In(r, None),
+            other => other,
         };
-        if !settled || *workers.borrow() == 0 {
-            continue;
+        if matches!(state, State::In(..)) {
+            for done in registered.drain(..) {
+                let _ = done.send(());
+            }
         }
-        let registration = loop {
-            match registry.register(s.endpoint.clone()).await {
-                Ok(r) => break r,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot register the LB endpoint; retrying");
-                    tokio::select! {
-                        _ = sleep(RETRY) => {}
-                        _ = crate::until(&mut stop, |s| *s) => return,
+        let timer = match &state {
+            State::Settling(at) | State::Retrying(at) | State::In(_, Some(at)) => Some(*at),
+            _ => None,
+        };
+        let at = timer.unwrap_or_else(|| now + Duration::from_secs(3600));
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(Command::RegisterNow(done)) => {
+                    registered.push(done);
+                    state = match state {
+                        State::In(r, leave) => State::In(r, leave),
+                        _ => register(&registry, &s, &metrics).await,
+                    };
+                }
+                Some(Command::Abandon(done)) => {
+                    if let State::In(r, _) = state {
+                        metrics.registered.store(false, Ordering::Relaxed);
+                        r.abandon().await;
+                        tracing::info!("registration left to the successor");
                     }
+                    let _ = done.send(());
+                    return;
+                }
+                Some(Command::Leave(done)) => {
+                    leave(state, "stopping", &metrics).await;
+                    let _ = done.send(());
+                    return;
+                }
+                None => return leave(state, "stopping", &metrics).await,
+            },
+            changed = workers.changed() => {
+                // The dispatcher is gone: the LB is going down.
+                if changed.is_err() {
+                    return leave(state, "stopping", &metrics).await;
                 }
             }
-        };
-        tracing::info!(service = %s.endpoint.service, frontend = %s.endpoint.frontend, "LB registered");
-        metrics.registered.store(true, Ordering::Relaxed);
-
-        // Registered: leave after the grace period without workers.
-        loop {
-            // An error means the dispatcher is gone: the LB is going down.
-            tokio::select! {
-                ok = crate::until(&mut workers, |n| *n == 0) => if !ok {
-                    return leave(registration, "stopping", &metrics).await;
-                },
-                _ = crate::until(&mut stop, |s| *s) => return leave(registration, "stopping", &metrics).await,
-            }
-            let until = Instant::now() + s.no_worker_grace;
-            let back = tokio::select! {
-                _ = tokio::time::sleep_until(until) => false,
-                ok = crate::until(&mut workers, |n| *n > 0) => ok,
-                _ = crate::until(&mut stop, |s| *s) => return leave(registration, "stopping", &metrics).await,
-            };
-            if !back {
-                break;
+            _ = sleep_until(at), if timer.is_some() => {
+                state = match state {
+                    State::Settling(_) | State::Retrying(_) => register(&registry, &s, &metrics).await,
+                    State::In(r, Some(_)) => {
+                        leave(State::In(r, None), "no worker connected", &metrics).await;
+                        State::Out
+                    }
+                    other => other,
+                };
             }
         }
-        leave(registration, "no worker connected", &metrics).await;
     }
 }
 
-async fn leave(registration: Registration, why: &str, metrics: &Metrics) {
-    // Proxies stop choosing the LB from the moment it starts leaving.
-    metrics.registered.store(false, Ordering::Relaxed);
-    registration.deregister().await;
-    tracing::info!(reason = why, "LB deregistered");
+/// One attempt: `In` on success, else `Retrying`.
+async fn register(registry: &Arc<dyn Registry>, s: &RegisterSettings, metrics: &Metrics) -> State {
+    match registry.register(s.endpoint.clone()).await {
+        Ok(r) => {
+            tracing::info!(service = %s.endpoint.service, frontend = %s.endpoint.frontend, "LB registered");
+            metrics.registered.store(true, Ordering::Relaxed);
+            State::In(r, None)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register the LB endpoint; retrying");
+            State::Retrying(Instant::now() + RETRY)
+        }
+    }
+}
+
+async fn leave(state: State, why: &str, metrics: &Metrics) {
+    if let State::In(registration, _) = state {
+        // Proxies stop choosing the LB from the moment it starts leaving.
+        metrics.registered.store(false, Ordering::Relaxed);
+        registration.deregister().await;
+        tracing::info!(reason = why, "LB deregistered");
+    }
 }

@@ -15,6 +15,10 @@
 //!   it has connected to the LB, then stops the old one gracefully
 //!   (SIGTERM: it sends STOP, the LB sends it nothing new, it finishes what
 //!   it has and exits), so no call fails.
+//! - Upgrades (`rpc-lb --upgrade`): workers cannot change parents, so the
+//!   successor starts workers of its own as it starts, and the old LB
+//!   stops its own as in a graceful stop, once the calls it sent them are
+//!   answered. For that moment both sets run.
 //! - A worker's connection is matched to its process by the peer's pid
 //!   (`SO_PEERCRED` on a Unix back address; for TCP, the connection's
 //!   socket among the supervised processes' descriptors in `/proc`). So

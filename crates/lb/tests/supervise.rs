@@ -4,6 +4,8 @@
 //! raw clients on the frontend, and the status page read over HTTP. Every
 //! wait is on a condition, bounded.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::bench_server;
 use futures::SinkExt;
 use rpc_codec::{encode_message, read_application_exception, Message, MessageType};
 use rpc_testkit::{free_port, http_get, Peer, STEP};
@@ -21,29 +24,6 @@ use tokio::time::Instant;
 
 /// Long enough for anything that waits on a whole round of replacements.
 const ROUND: Duration = Duration::from_secs(30);
-
-/// `rpc-bench-server`, built on demand when only this package was built.
-fn bench_server() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = PathBuf::from(env!("CARGO_BIN_EXE_rpc-lb"));
-            let path = exe.with_file_name("rpc-bench-server");
-            if !path.exists() {
-                // `cargo test -p rpc-lb` builds this package's binaries only.
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let mut build = Command::new(cargo);
-                build.args(["build", "-p", "rpc-bench", "--bin", "rpc-bench-server"]);
-                if exe.parent().is_some_and(|d| d.ends_with("release")) {
-                    build.arg("--release");
-                }
-                let ok = build.status().is_ok_and(|s| s.success());
-                assert!(ok && path.exists(), "cannot build {}", path.display());
-            }
-            path
-        })
-        .clone()
-}
 
 /// A `sleep` call's arguments (`{1: binary data, 2: i32 ms}`), as the bench
 /// service reads them.

@@ -48,3 +48,28 @@ pub async fn workers(lb: &rpc_lb::LbHandle, tags: &[&str], pool_size: usize) -> 
     }
     out
 }
+
+// === Worker processes ===
+
+/// `rpc-bench-server`, built on demand when only this package was built.
+pub fn bench_server() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_rpc-lb"));
+            let path = exe.with_file_name("rpc-bench-server");
+            if !path.exists() {
+                // `cargo test -p rpc-lb` builds this package's binaries only.
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let mut build = std::process::Command::new(cargo);
+                build.args(["build", "-p", "rpc-bench", "--bin", "rpc-bench-server"]);
+                if exe.parent().is_some_and(|d| d.ends_with("release")) {
+                    build.arg("--release");
+                }
+                let ok = build.status().is_ok_and(|s| s.success());
+                assert!(ok && path.exists(), "cannot build {}", path.display());
+            }
+            path
+        })
+        .clone()
+}
