@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -26,6 +26,12 @@ use crate::top::{kind, traffic_cells, Order, Snapshot, Traffic};
 
 /// How often keys are looked at while nothing else happens.
 const POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Go,
+    Quit,
+}
 
 struct Ui {
     snapshot: Option<Snapshot>,
@@ -42,19 +48,23 @@ pub fn run(
     interval: Duration,
 ) -> io::Result<()> {
     let mut terminal = ratatui::try_init()?;
-    let mut ui = Ui {
-        snapshot: None,
-        order: Order::Name,
-        endpoints: true,
-        services: TableState::default(),
-        interval,
-    };
+    let mut ui = Ui::new(interval);
     let result = ui.run(&mut terminal, &mut snapshots, &stop);
     ratatui::restore();
     result
 }
 
 impl Ui {
+    fn new(interval: Duration) -> Ui {
+        Ui {
+            snapshot: None,
+            order: Order::Name,
+            endpoints: true,
+            services: TableState::default(),
+            interval,
+        }
+    }
+
     fn run(
         &mut self,
         terminal: &mut DefaultTerminal,
@@ -79,37 +89,44 @@ impl Ui {
             }
             // Resizes and other events redraw too.
             dirty = true;
-            let Event::Key(key) = event::read()? else {
-                continue;
-            };
-            if key.kind != KeyEventKind::Press {
-                continue;
-            }
-            let ctrl_c =
-                key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
-            match key.code {
-                _ if ctrl_c => return Ok(()),
-                KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
-                KeyCode::Char('s') => {
-                    self.order = match self.order {
-                        Order::Name => Order::Rate,
-                        Order::Rate => Order::Name,
-                    };
-                    if let Some(s) = &mut self.snapshot {
-                        s.sort(self.order);
-                    }
+            if let Event::Key(key) = event::read()? {
+                if self.key(key) == Step::Quit {
+                    return Ok(());
                 }
-                KeyCode::Char('e') => self.endpoints = !self.endpoints,
-                KeyCode::Down => self.services.scroll_down_by(1),
-                KeyCode::Up => self.services.scroll_up_by(1),
-                KeyCode::PageDown => self.services.scroll_down_by(10),
-                KeyCode::PageUp => self.services.scroll_up_by(10),
-                KeyCode::Home => self.services.select_first(),
-                KeyCode::End => self.services.select_last(),
-                _ => {}
             }
         }
         Ok(())
+    }
+
+    /// What a key does.
+    fn key(&mut self, key: KeyEvent) -> Step {
+        if key.kind != KeyEventKind::Press {
+            return Step::Go;
+        }
+        let ctrl_c =
+            key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+        match key.code {
+            _ if ctrl_c => return Step::Quit,
+            KeyCode::Char('q') | KeyCode::Esc => return Step::Quit,
+            KeyCode::Char('s') => {
+                self.order = match self.order {
+                    Order::Name => Order::Rate,
+                    Order::Rate => Order::Name,
+                };
+                if let Some(s) = &mut self.snapshot {
+                    s.sort(self.order);
+                }
+            }
+            KeyCode::Char('e') => self.endpoints = !self.endpoints,
+            KeyCode::Down => self.services.scroll_down_by(1),
+            KeyCode::Up => self.services.scroll_up_by(1),
+            KeyCode::PageDown => self.services.scroll_down_by(10),
+            KeyCode::PageUp => self.services.scroll_up_by(10),
+            KeyCode::Home => self.services.select_first(),
+            KeyCode::End => self.services.select_last(),
+            _ => {}
+        }
+        Step::Go
     }
 
     fn draw(&mut self, frame: &mut Frame) {
@@ -299,4 +316,143 @@ fn traffic(t: Option<&Traffic>) -> Vec<Cell<'static>> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+    use rpc_dashboard::SourceKind;
+
+    use super::*;
+    use crate::top::{EndpointRow, ServiceRow, SourceRow};
+
+    fn snapshot() -> Snapshot {
+        let traffic = |rate: f64, errors: f64| Traffic {
+            rate,
+            errors: Some(errors),
+            error_rate: Some(if rate > 0.0 { errors / rate } else { 0.0 }),
+            p99_ms: Some(1.25),
+        };
+        let row = |service: &str, method: Option<&str>, t: Traffic| ServiceRow {
+            service: Some(service.into()),
+            method: method.map(str::to_string),
+            source: "127.0.0.1:9550".into(),
+            kind: SourceKind::Proxy,
+            traffic: Some(t),
+        };
+        Snapshot {
+            sources: vec![
+                SourceRow {
+                    address: "127.0.0.1:9550".into(),
+                    kind: SourceKind::Proxy,
+                    summary: Some("proxy: 1 client connection open".into()),
+                    error: None,
+                },
+                SourceRow {
+                    address: "127.0.0.1:9551".into(),
+                    kind: SourceKind::Unknown,
+                    summary: None,
+                    error: Some("connect: refused".into()),
+                },
+            ],
+            services: vec![
+                row("alpha", None, traffic(2.0, 0.0)),
+                row("alpha", Some("get"), traffic(2.0, 0.0)),
+                row("zeta", None, traffic(300.0, 30.0)),
+                row("zeta", Some("put"), traffic(300.0, 30.0)),
+            ],
+            endpoints: vec![EndpointRow {
+                service: "zeta".into(),
+                endpoint: "127.0.0.1:5555".into(),
+                source: "127.0.0.1:9550".into(),
+                state: "Up".into(),
+                outstanding: 3,
+                latency_ms: 0.5,
+                draining: true,
+                lb: None,
+                traffic: None,
+            }],
+        }
+    }
+
+    /// The screen as text, one line per row.
+    fn screen(ui: &mut Ui) -> Vec<String> {
+        let mut terminal = Terminal::new(TestBackend::new(130, 20)).unwrap();
+        terminal.draw(|frame| ui.draw(frame)).unwrap();
+        let buffer = terminal.backend().buffer();
+        (0..buffer.area.height)
+            .map(|y| {
+                (0..buffer.area.width)
+                    .map(|x| buffer[(x, y)].symbol())
+                    .collect::<String>()
+            })
+            .collect()
+    }
+
+    fn line_with<'a>(screen: &'a [String], text: &str) -> (usize, &'a str) {
+        screen
+            .iter()
+            .enumerate()
+            .find(|(_, l)| l.contains(text))
+            .map(|(i, l)| (i, l.as_str()))
+            .unwrap_or_else(|| panic!("no {text:?} on\n{}", screen.join("\n")))
+    }
+
+    fn press(ui: &mut Ui, code: KeyCode, modifiers: KeyModifiers) -> Step {
+        ui.key(KeyEvent::new(code, modifiers))
+    }
+
+    #[test]
+    fn draws_pages_services_and_endpoints() {
+        let mut ui = Ui::new(Duration::from_secs(1));
+        let waiting = screen(&mut ui);
+        line_with(&waiting, "reading the status pages");
+        ui.snapshot = Some(snapshot());
+        let s = screen(&mut ui);
+        line_with(&s, "error: connect: refused");
+        let (_, zeta) = line_with(&s, "zeta ");
+        assert!(
+            zeta.contains("300.0") && zeta.contains("30.0") && zeta.contains("10.0%"),
+            "{zeta}"
+        );
+        assert!(zeta.contains("1.25"), "{zeta}");
+        let (_, endpoint) = line_with(&s, "127.0.0.1:5555");
+        assert!(
+            endpoint.contains("Up") && endpoint.contains("yes"),
+            "{endpoint}"
+        );
+        line_with(&s, "q quit");
+    }
+
+    #[test]
+    fn keys_sort_hide_endpoints_and_quit() {
+        let mut ui = Ui::new(Duration::from_secs(1));
+        ui.snapshot = Some(snapshot());
+        let by_name = screen(&mut ui);
+        assert!(line_with(&by_name, "alpha ").0 < line_with(&by_name, "zeta ").0);
+        assert_eq!(
+            press(&mut ui, KeyCode::Char('s'), KeyModifiers::NONE),
+            Step::Go
+        );
+        let by_rate = screen(&mut ui);
+        assert!(line_with(&by_rate, "zeta ").0 < line_with(&by_rate, "alpha ").0);
+        line_with(&by_rate, "busiest first");
+
+        press(&mut ui, KeyCode::Char('e'), KeyModifiers::NONE);
+        let hidden = screen(&mut ui);
+        assert!(!hidden.iter().any(|l| l.contains("127.0.0.1:5555")));
+
+        for (code, modifiers) in [
+            (KeyCode::Char('q'), KeyModifiers::NONE),
+            (KeyCode::Esc, KeyModifiers::NONE),
+            (KeyCode::Char('c'), KeyModifiers::CONTROL),
+        ] {
+            assert_eq!(press(&mut ui, code, modifiers), Step::Quit);
+        }
+        assert_eq!(
+            press(&mut ui, KeyCode::Char('c'), KeyModifiers::NONE),
+            Step::Go
+        );
+    }
 }
