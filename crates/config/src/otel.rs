@@ -16,6 +16,7 @@
 //! neither depends on the runtime the hop runs on (which may be
 //! single-threaded). [`Tracing::shutdown`] sends what is left; it blocks.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -306,8 +307,10 @@ pub fn format_traceparent(sc: &SpanContext) -> [u8; TRACEPARENT_LEN] {
 #[derive(Debug)]
 struct HttpSender {
     rt: tokio::runtime::Handle,
-    conn: Arc<Mutex<Option<SendRequest<Full<Bytes>>>>>,
+    conn: Arc<Mutex<Option<Kept>>>,
     timeout: Duration,
+    /// The last export failed (told once, until one succeeds again).
+    failing: AtomicBool,
     /// Dropped with the client (when the exporter stops): ends the thread.
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -330,6 +333,7 @@ impl HttpSender {
             rt: handle,
             conn: Arc::default(),
             timeout,
+            failing: AtomicBool::new(false),
             _stop: stop,
         })
     }
@@ -345,15 +349,30 @@ impl HttpClient for HttpSender {
                 Err(_) => Err(format!("no answer within {timeout:?}").into()),
             }
         };
-        self.rt.spawn(exchange).await?
+        let result = self.rt.spawn(exchange).await?;
+        let failure = match &result {
+            Ok(r) if r.status().is_success() => None,
+            Ok(r) => Some(format!("the collector answered {}", r.status())),
+            Err(e) => Some(e.to_string()),
+        };
+        let failing = failure.is_some();
+        match (failure, self.failing.swap(failing, Ordering::Relaxed)) {
+            (Some(error), false) => tracing::warn!(%error, "tracing: cannot export spans"),
+            (None, true) => tracing::info!("tracing: exporting spans again"),
+            _ => {}
+        }
+        result
     }
 }
+
+/// A connection kept for the next export, and where it goes.
+type Kept = (Authority, SendRequest<Full<Bytes>>);
 
 /// One request on the kept connection, or on a new one when there is
 /// none, or it closed before taking the request (a collector may close an
 /// idle connection at any time).
 async fn exchange(
-    kept: &Mutex<Option<SendRequest<Full<Bytes>>>>,
+    kept: &Mutex<Option<Kept>>,
     request: Request<Bytes>,
 ) -> Result<Response<Bytes>, HttpError> {
     let (mut parts, body) = request.into_parts();
@@ -363,10 +382,11 @@ async fn exchange(
     parts.headers.insert(HOST, authority.as_str().parse()?);
     let mut request = Request::from_parts(parts, Full::new(body));
     let taken = kept.lock().unwrap_or_else(PoisonError::into_inner).take();
-    if let Some(mut sender) = taken.filter(|s| !s.is_closed()) {
+    let reusable = taken.filter(|(to, s)| *to == authority && !s.is_closed());
+    if let Some((_, mut sender)) = reusable {
         if sender.ready().await.is_ok() {
             match sender.try_send_request(request).await {
-                Ok(response) => return keep(kept, sender, response).await,
+                Ok(response) => return keep(kept, (authority, sender), response).await,
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => request = unsent,
                     None => return Err(e.into_error().into()),
@@ -377,18 +397,18 @@ async fn exchange(
     let mut sender = connect(&authority).await?;
     sender.ready().await?;
     let response = sender.send_request(request).await?;
-    keep(kept, sender, response).await
+    keep(kept, (authority, sender), response).await
 }
 
 /// Reads the whole response, then keeps the connection for the next one.
 async fn keep(
-    kept: &Mutex<Option<SendRequest<Full<Bytes>>>>,
-    sender: SendRequest<Full<Bytes>>,
+    kept: &Mutex<Option<Kept>>,
+    connection: Kept,
     response: Response<hyper::body::Incoming>,
 ) -> Result<Response<Bytes>, HttpError> {
     let (parts, body) = response.into_parts();
     let body = body.collect().await?.to_bytes();
-    *kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender);
+    *kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(connection);
     Ok(Response::from_parts(parts, body))
 }
 
@@ -507,6 +527,14 @@ mod tests {
         }
         // Two requests per connection, then a new one.
         assert_eq!(*seen.lock().unwrap(), (5, 3));
+        assert!(!sender.failing.load(Ordering::Relaxed));
+        // Nobody listening: the export fails, and is told once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/traces", closed.local_addr().unwrap());
+        drop(closed);
+        let request = Request::post(&url).body(Bytes::new()).unwrap();
+        assert!(futures::executor::block_on(sender.send_bytes(request)).is_err());
+        assert!(sender.failing.load(Ordering::Relaxed));
     }
 
     #[tokio::test]
