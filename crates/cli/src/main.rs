@@ -59,7 +59,8 @@ struct Args {
     /// the config's `zk`.
     #[arg(long, global = true, value_name = "HOSTS")]
     zk: Option<RegistrySpec>,
-    /// Configuration file (config.ini format): its `zk` and `product` keys.
+    /// Configuration file (config.ini format): its `zk` and `product` keys;
+    /// `call` also takes its `proxy_address` and `rpc_timeout`.
     #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Print JSON for scripts instead of a table.
