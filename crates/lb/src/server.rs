@@ -177,7 +177,13 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         ),
         None => None,
     };
-    launch(config, &service, registry, (front, back, status), false).await
+    Ok(launch(
+        config,
+        &service,
+        registry,
+        (front, back, status),
+        false,
+    ))
 }
 
 /// [`start`] on the sockets of the LB running with this configuration,
@@ -190,14 +196,22 @@ pub async fn start_on(
     registry: Arc<dyn Registry>,
     sockets: handoff::Taken,
 ) -> anyhow::Result<LbHandle> {
-    let (service, front_addr, back_addr) = validate(config)?;
+    let (service, front_addr, back_addr) = match validate(config) {
+        Ok(v) => v,
+        Err(e) => {
+            leave_to_predecessor(sockets.listeners);
+            return Err(e);
+        }
+    };
     let handoff::Taken { listeners, status } = sockets;
-    let [front, back]: [Listener; 2] = listeners.try_into().map_err(|l: Vec<Listener>| {
-        anyhow::anyhow!(
-            "expected the frontend and worker listeners, got {} listener(s)",
-            l.len()
-        )
-    })?;
+    let [front, back]: [Listener; 2] = match listeners.try_into() {
+        Ok(l) => l,
+        Err(l) => {
+            let n = l.len();
+            leave_to_predecessor(l);
+            anyhow::bail!("expected the frontend and worker listeners, got {n} listener(s)");
+        }
+    };
     for (what, configured, taken) in [
         ("frontend", &front_addr, front.local_address()),
         ("back_address", &back_addr, back.local_address()),
@@ -209,19 +223,32 @@ pub async fn start_on(
     if status.is_none() && config.metrics_address.is_some() {
         tracing::warn!("the LB taken over had no status page: none until a restart");
     }
-    launch(config, &service, registry, (front, back, status), true).await
+    Ok(launch(
+        config,
+        &service,
+        registry,
+        (front, back, status),
+        true,
+    ))
+}
+
+/// Until the predecessor hears that we accept, the paths of its Unix
+/// listeners are its own, and dropping ours would remove them: closed
+/// without that.
+fn leave_to_predecessor(listeners: Vec<Listener>) {
+    std::mem::forget(listeners);
 }
 
 /// Serves on `front` (proxies) and `back` (workers) and the status page on
 /// `status`; `taken_over`: the sockets are a predecessor's (see
 /// [`start_on`]).
-async fn launch(
+fn launch(
     config: &Config,
     service: &str,
     registry: Arc<dyn Registry>,
     (front, back, status): (Listener, Listener, Option<tokio::net::TcpListener>),
     taken_over: bool,
-) -> anyhow::Result<LbHandle> {
+) -> LbHandle {
     let (front_addr, back_addr) = (front.local_address(), back.local_address());
     let fds = vec![
         (front_addr.clone(), front.as_raw_fd()),
@@ -279,10 +306,12 @@ async fn launch(
                 supervisor.clone(),
                 about(config, &front_addr, &back_addr),
             );
-            let bound = l.local_addr()?;
-            tracing::info!(address = %bound, "metrics and dashboard");
+            let bound = l.local_addr().ok();
+            if let Some(address) = bound {
+                tracing::info!(%address, "metrics and dashboard");
+            }
             tokio::spawn(rpc_config::status_page::serve(l, Arc::new(page)));
-            Some(bound)
+            bound
         }
         None => None,
     };
@@ -307,7 +336,7 @@ async fn launch(
         let _falcon = falcon;
         stopping.run(end_rx).await
     });
-    Ok(LbHandle {
+    LbHandle {
         front: front_addr,
         back: back_addr,
         dispatcher,
@@ -319,7 +348,7 @@ async fn launch(
         fds,
         status_fd,
         proxies,
-    })
+    }
 }
 
 /// Keeps `endpoint` in the registry while the LB has workers, as `commands`

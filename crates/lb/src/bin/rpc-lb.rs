@@ -85,8 +85,16 @@ async fn take_over(
     control: &std::path::Path,
 ) -> anyhow::Result<rpc_lb::LbHandle> {
     let (sockets, mut takeover) = handoff::take_over(control).await?;
-    let lb = rpc_lb::start_on(config, registry, sockets).await?;
-    takeover.ready().await?;
+    // Until the old LB hears that we accept, it serves, and the paths of
+    // its Unix sockets are its own: a failure now must not remove them as
+    // our listeners close, so this process then exits closing nothing.
+    let lb = match rpc_lb::start_on(config, registry, sockets).await {
+        Ok(lb) => lb,
+        Err(e) => give_up(e),
+    };
+    if let Err(e) = takeover.ready().await {
+        give_up(e.into());
+    }
     tracing::info!("upgrade: accepting; taking the proxy connections over");
     // From here on the old LB no longer accepts: whatever goes wrong, this
     // one serves on.
@@ -119,4 +127,12 @@ async fn take_over(
     }
     tracing::info!("upgrade: done");
     Ok(lb)
+}
+
+/// A failed upgrade, before the old LB stopped accepting: it serves on.
+fn give_up(e: anyhow::Error) -> ! {
+    tracing::error!(error = %format!("{e:#}"), "upgrade failed; the running LB serves on");
+    // (A log file's writer may not flush now: say it where it shows.)
+    eprintln!("rpc-lb: upgrade failed: {e:#}; the running LB serves on");
+    std::process::exit(1)
 }
