@@ -271,7 +271,6 @@ async fn status_until(page: SocketAddr, what: &str, cond: impl Fn(&Value) -> boo
 /// An LB's configuration in a temporary directory, its registry watched.
 struct Stack {
     dir: tempfile::TempDir,
-    port: u16,
     front: Address,
     back: std::path::PathBuf,
     page: SocketAddr,
@@ -280,11 +279,23 @@ struct Stack {
 }
 
 impl Stack {
-    /// `extra`: more config.ini lines.
-    async fn new(extra: &str) -> Stack {
+    /// `extra`: more config.ini lines; `unix`: the frontend on a Unix
+    /// socket (else TCP on loopback).
+    async fn new(extra: &str, unix: bool) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let registry = dir.path().join("registry");
-        let port = free_port();
+        let front = if unix {
+            Address::Unix(dir.path().join("front.sock"))
+        } else {
+            Address::Tcp(format!("127.0.0.1:{}", free_port()))
+        };
+        let front_lines = match &front {
+            Address::Unix(path) => format!("front_sock = {}", path.display()),
+            Address::Tcp(a) => {
+                let (host, port) = a.rsplit_once(':').unwrap();
+                format!("front_host = {host}\nfront_port = {port}")
+            }
+        };
         let back = dir.path().join("workers.sock");
         let page: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let ini = dir.path().join("lb.ini");
@@ -292,7 +303,7 @@ impl Stack {
             &ini,
             format!(
                 "zk = local:{}\nproduct = test\nservice = up\n\
-                 front_host = 127.0.0.1\nfront_port = {port}\nback_address = {}\n\
+                 {front_lines}\nback_address = {}\n\
                  worker_pool_size = 4\nmetrics_address = {page}\n\
                  register_delay = 0\nquiet_period = 0.2\nstop_timeout = 10\n\
                  rpc_timeout = 10\n{extra}\n",
@@ -307,9 +318,8 @@ impl Stack {
             .await
             .unwrap();
         Stack {
-            front: format!("127.0.0.1:{port}").parse().unwrap(),
+            front,
             dir,
-            port,
             back,
             page,
             ini,
@@ -344,10 +354,11 @@ impl Stack {
 
     /// The registry's record, with its owner's pid (embedded registry).
     fn record(&self) -> Value {
-        let entry = self.dir.path().join(format!(
-            "registry/test/services/up/127_0_0_1_{}.json",
-            self.port
-        ));
+        let id = rpc_registry::service_id(&self.front.to_string());
+        let entry = self
+            .dir
+            .path()
+            .join(format!("registry/test/services/up/{id}.json"));
         serde_json::from_slice(&std::fs::read(entry).unwrap()).unwrap()
     }
 }
@@ -421,6 +432,11 @@ async fn upgrade(stack: &Stack, old: &mut Proc, load: &Load) -> (Proc, Duration,
         !log.contains("worker lost") && !log.contains("LB deregistered"),
         "the old LB neither lost a worker nor deregistered:\n{log}"
     );
+    // The old LB left the socket paths to the successor.
+    assert!(stack.back.exists(), "the worker socket's path stays");
+    if let Address::Unix(front) = &stack.front {
+        assert!(front.exists(), "the frontend's path stays");
+    }
     // The successor holds the entry now.
     let record = stack.record();
     assert_eq!(record["pid"], new.pid(), "the successor's entry: {record}");
@@ -440,12 +456,17 @@ async fn stop(stack: &mut Stack, mut new: Proc) {
     .await
     .expect("the successor deregisters")
     .unwrap();
+    // Its paths are its own: they go with it.
+    assert!(!stack.back.exists(), "the worker socket's path is removed");
+    if let Address::Unix(front) = &stack.front {
+        assert!(!front.exists(), "the frontend's path is removed");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_under_load_fails_no_call_refuses_no_connection_and_stays_registered() {
     let started = Instant::now();
-    let mut stack = Stack::new("").await;
+    let mut stack = Stack::new("", false).await;
     let mut old = stack.lb(false);
     let workers: Vec<Proc> = (0..2)
         .map(|i| {
@@ -499,7 +520,9 @@ async fn upgrade_under_load_fails_no_call_refuses_no_connection_and_stays_regist
 async fn upgrade_of_an_lb_supervising_its_workers_replaces_them_without_failing_a_call() {
     let started = Instant::now();
     let worker = format!("'{}' --sleep-ms 1", bench_server().display());
-    let mut stack = Stack::new(&format!("worker_command = {worker}\nworker_count = 2")).await;
+    // The frontend on a Unix socket too: its path stays the successor's.
+    let extra = format!("worker_command = {worker}\nworker_count = 2");
+    let mut stack = Stack::new(&extra, true).await;
     let mut old = stack.lb(false);
     stack.registered(&old).await;
     let s = status_until(stack.page, "both supervised workers serving", |s| {
