@@ -18,10 +18,11 @@
 //! Every message on the control socket is `[u32 note length][u32 data
 //! length][note: JSON][data]`, a descriptor riding on its first byte.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use bytes::BytesMut;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
@@ -31,12 +32,28 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::{Address, Listener, Stream};
 
-/// Set once this process handed its listeners over: their Unix socket
-/// paths now belong to the successor and must outlive our listeners.
-static HANDED_OFF: AtomicBool = AtomicBool::new(false);
+/// Unix socket paths this process's listeners must not remove when they
+/// close: handed to a successor (theirs now), or taken from a predecessor
+/// that still serves on them until we are ready.
+static NOT_OURS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
-pub(crate) fn handed_off() -> bool {
-    HANDED_OFF.load(Ordering::Relaxed)
+fn not_ours() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
+    NOT_OURS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether a listener closing may remove its socket file at `path`.
+pub(crate) fn owns_path(path: &Path) -> bool {
+    !not_ours().contains(path)
+}
+
+fn unix_paths<'a>(addresses: impl IntoIterator<Item = &'a Address>) -> Vec<PathBuf> {
+    addresses
+        .into_iter()
+        .filter_map(|a| match a {
+            Address::Unix(p) => Some(p.clone()),
+            Address::Tcp(_) => None,
+        })
+        .collect()
 }
 
 /// Largest note or data part accepted (a frame already read in part is at
@@ -111,7 +128,13 @@ impl Handoff {
             let (stream, _) = self.listener.accept().await?;
             let mut ch = Channel { stream };
             match ch.recv().await {
-                Ok((Note::Upgrade { pid }, _, _)) => return Ok(Upgrade { ch, pid }),
+                Ok((Note::Upgrade { pid }, _, _)) => {
+                    return Ok(Upgrade {
+                        ch,
+                        pid,
+                        paths: Vec::new(),
+                    })
+                }
                 Ok((other, _, _)) => {
                     tracing::warn!(?other, "unexpected note on the control socket")
                 }
@@ -125,6 +148,8 @@ impl Handoff {
 pub struct Upgrade {
     ch: Channel,
     pub pid: u32,
+    /// Unix paths handed over, the successor's once it is ready.
+    paths: Vec<PathBuf>,
 }
 
 impl Upgrade {
@@ -135,6 +160,7 @@ impl Upgrade {
         listeners: &[(Address, RawFd)],
         status: Option<RawFd>,
     ) -> io::Result<()> {
+        self.paths = unix_paths(listeners.iter().map(|(a, _)| a));
         let status = status.map(|fd| (Address::Tcp(String::new()), fd, true));
         let all = listeners.iter().map(|(a, fd)| (a.clone(), *fd, false));
         for (address, fd, status) in all.chain(status) {
@@ -152,7 +178,7 @@ impl Upgrade {
     pub async fn wait_ready(&mut self) -> io::Result<()> {
         match self.ch.recv().await? {
             (Note::Ready, _, _) => {
-                HANDED_OFF.store(true, Ordering::Relaxed);
+                not_ours().extend(self.paths.iter().cloned());
                 Ok(())
             }
             (other, _, _) => Err(bad(format!("expected ready, got {other:?}"))),
@@ -192,6 +218,8 @@ impl Upgrade {
 /// The successor's side, after the listeners arrived.
 pub struct Takeover {
     ch: Channel,
+    /// Unix paths taken over, ours once we are ready.
+    paths: Vec<PathBuf>,
 }
 
 /// What a successor takes over before it starts.
@@ -227,9 +255,16 @@ pub async fn take_over(path: &Path) -> io::Result<(Taken, Takeover)> {
                 let address: Address = address
                     .parse()
                     .map_err(|e| bad(format!("listener address {address:?}: {e}")))?;
+                // Still the predecessor's: if we fail before ready, closing
+                // our copies must not remove its socket files.
+                not_ours().extend(unix_paths([&address]));
                 taken.listeners.push(listener_from(fd, address)?);
             }
-            (Note::ListenersDone, _, _) => return Ok((taken, Takeover { ch })),
+            (Note::ListenersDone, _, _) => {
+                let paths = taken.listeners.iter().map(Listener::local_address);
+                let paths = unix_paths(&paths.collect::<Vec<_>>());
+                return Ok((taken, Takeover { ch, paths }));
+            }
             (other, _, _) => return Err(bad(format!("expected a listener, got {other:?}"))),
         }
     }
@@ -239,7 +274,12 @@ impl Takeover {
     /// Tells the old server we accept; it stops accepting and starts
     /// handing its connections over.
     pub async fn ready(&mut self) -> io::Result<()> {
-        self.ch.send(&Note::Ready, &[], None).await
+        self.ch.send(&Note::Ready, &[], None).await?;
+        let mut not_ours = not_ours();
+        for p in &self.paths {
+            not_ours.remove(p);
+        }
+        Ok(())
     }
 
     /// The next client connection and the bytes already read from it;
@@ -457,9 +497,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let control = dir.path().join("control");
         let old = Handoff::listen(&control).unwrap();
-        let l = Listener::bind(&"127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let sock = dir.path().join("old.sock");
+        let l = Listener::bind(&Address::Unix(sock.clone())).await.unwrap();
         let successor = tokio::spawn(async move {
             let (taken, takeover) = take_over(&control).await.unwrap();
             drop((taken, takeover));
@@ -470,6 +509,13 @@ mod tests {
             .unwrap();
         successor.await.unwrap();
         assert!(up.wait_ready().await.is_err());
+        // (Both sides share this process here, so the old side's own
+        // removal of the path is not checked: it is a separate process.)
+        assert!(
+            sock.exists(),
+            "the successor's copy left the old socket file"
+        );
+        drop(l);
     }
 
     #[test]

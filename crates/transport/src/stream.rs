@@ -244,12 +244,12 @@ impl std::os::fd::AsRawFd for Stream {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        // After an upgrade the path is the successor's.
-        if crate::handoff::handed_off() {
-            return;
-        }
         if let Listener::Unix(_, p) = self {
-            let _ = std::fs::remove_file(p);
+            // Not after an upgrade handed it over (the path is the
+            // successor's), nor before one we take part in is ready.
+            if crate::handoff::owns_path(p) {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 }
