@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::backend::{Job, Outcome, ReplyTo};
-use crate::forward::{self, Refused, MAX_REROUTES};
+use crate::forward::{self, Dropped, Refused, MAX_REROUTES};
 use crate::metrics::{CallEnd, CallTally, ErrorKind, Metrics};
 use crate::routes::Routes;
 use crate::trace::{self, Outcome as SpanOutcome, Traced};
@@ -307,20 +307,7 @@ impl Slots {
                 };
                 self.route(idx, msg, true, now);
             }
-            MessageType::Oneway => {
-                self.refresh_routes();
-                let service = msg.service().and_then(|s| std::str::from_utf8(s).ok());
-                let known = service.is_some_and(|s| self.routes.services.contains_key(s));
-                if known {
-                    self.calls.oneway(msg.name());
-                }
-                match &self.tracing {
-                    None => {
-                        forward::oneway(&self.routes, msg);
-                    }
-                    Some(t) => self.traced_oneway(t.clone(), msg, known, deadline),
-                }
-            }
+            MessageType::Oneway => self.oneway(msg, deadline),
             MessageType::Heartbeat => {
                 let reply = heartbeat_reply(seqid).freeze();
                 self.push(done(deadline, seqid, reply));
@@ -335,22 +322,30 @@ impl Slots {
         }
     }
 
-    /// Forwards a oneway call with its span, ended once it is sent on.
-    fn traced_oneway(&mut self, t: Arc<Tracing>, msg: Message, known: bool, deadline: Instant) {
-        let now = self.calls.arrival(deadline);
+    /// Forwards a oneway call (its span, if traced, ends once it is sent
+    /// on); a call of a known service is counted, sent or not.
+    fn oneway(&mut self, msg: Message, deadline: Instant) {
+        self.refresh_routes();
         let (name, seqid) = (NameBuf::new(msg.name()), msg.seqid());
-        let (traced, msg) = trace::start(&t, msg, now);
+        let now = self.calls.arrival(deadline);
+        let (traced, msg) = match &self.tracing {
+            None => (None, msg),
+            Some(t) => trace::start(t, msg, now),
+        };
         let sent = forward::oneway(&self.routes, msg);
-        if let Some(mut traced) = traced {
+        if !matches!(sent, Err(Dropped::Unknown)) {
+            self.calls.oneway(name.as_bytes());
+        }
+        if let (Some(mut traced), Some(t)) = (traced, &self.tracing) {
             let end = match sent {
-                Some(backend) => {
+                Ok(backend) => {
                     traced.sent_to(backend);
                     SpanOutcome::Call(CallEnd::Oneway)
                 }
-                None if known => SpanOutcome::Call(CallEnd::NoEndpoint),
-                None => SpanOutcome::UnknownService,
+                Err(Dropped::NoEndpoint) => SpanOutcome::Call(CallEnd::NoEndpoint),
+                Err(Dropped::Unknown) => SpanOutcome::UnknownService,
             };
-            traced.end(&t, name.as_bytes(), seqid, end, now);
+            traced.end(t, name.as_bytes(), seqid, end, now);
         }
     }
 

@@ -90,29 +90,38 @@ fn offer<'b>(
     Err(Offer::Refused(job))
 }
 
+/// Why a ONEWAY message went nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// No such service in the registry.
+    Unknown,
+    /// The service exists but no connection could take it.
+    NoEndpoint,
+}
+
 /// Sends a ONEWAY message (name still `service:method`); nothing is ever
-/// answered. The backend it went to, if any.
-pub fn oneway(routes: &Routes, mut msg: Message) -> Option<&Arc<Backend>> {
+/// answered. The backend it went to, or why it was dropped.
+pub fn oneway(routes: &Routes, mut msg: Message) -> Result<&Arc<Backend>, Dropped> {
     let service = msg.service().and_then(|s| std::str::from_utf8(s).ok());
     let Some(pool) = service.and_then(|s| routes.services.get(s)) else {
         let name = String::from_utf8_lossy(msg.name());
         tracing::warn!(%name, "oneway call dropped: unknown service");
-        return None;
+        return Err(Dropped::Unknown);
     };
     pool.requests.inc();
     msg.strip_service();
     let job = Job { msg, reply: None };
     let tries = MAX_REROUTES as usize;
     let job = match offer(&pool.balancer, &pool.backends, job, tries) {
-        Ok(b) => return Some(b),
+        Ok(b) => return Ok(b),
         // Like a call: a drained endpoint only when no other is up.
         Err(Offer::NoneUp(job)) => match offer(&pool.balancer, &pool.drained, job, tries) {
-            Ok(b) => return Some(b),
+            Ok(b) => return Ok(b),
             Err(Offer::NoneUp(job) | Offer::Refused(job)) => job,
         },
         Err(Offer::Refused(job)) => job,
     };
     let name = String::from_utf8_lossy(job.msg.name());
     tracing::warn!(method = %name, "oneway call dropped: no live endpoint");
-    None
+    Err(Dropped::NoEndpoint)
 }
