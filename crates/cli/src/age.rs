@@ -49,13 +49,7 @@ fn parse_local(text: &str) -> Option<i64> {
 /// `45s ago`, `3m12s ago`, `2h05m ago`, `3d04h ago`; `in 5s` for a start
 /// in the future.
 pub fn human(seconds: i64) -> String {
-    let s = seconds.unsigned_abs();
-    let span = match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
-    };
+    let span = rpc_config::human_duration(std::time::Duration::from_secs(seconds.unsigned_abs()));
     if seconds < 0 {
         format!("in {span}")
     } else {
@@ -69,21 +63,7 @@ mod tests {
 
     /// `t` (seconds since the epoch) written the way registrants write it.
     fn local_text(t: i64) -> String {
-        // SAFETY: localtime_r writes only into the provided struct.
-        let tm = unsafe {
-            let mut tm: libc::tm = std::mem::zeroed();
-            libc::localtime_r(&(t as libc::time_t), &mut tm);
-            tm
-        };
-        format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-            tm.tm_year + 1900,
-            tm.tm_mon + 1,
-            tm.tm_mday,
-            tm.tm_hour,
-            tm.tm_min,
-            tm.tm_sec
-        )
+        rpc_registry::local_time(t)
     }
 
     #[test]

@@ -18,3 +18,14 @@ pub use cli::CommonArgs;
 pub use ini::{Balance, Config, ConfigError, Dispatch, RegistrySpec};
 pub use logging::{init_logging, init_logging_as, LogFormat};
 pub use process::{runtime, stop_or_exit, wait_for_signal, SINGLE_THREAD_MAX_CORES};
+
+/// `3m12s`, `2h05m`, `4d03h`.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}

@@ -136,7 +136,7 @@ impl Dashboard {
             "<p>{} {} · up {} · pid {}</p><p><small>",
             escape(about.program),
             escape(about.version),
-            human_duration(about.started.elapsed()),
+            crate::human_duration(about.started.elapsed()),
             std::process::id()
         );
         for (i, (k, v)) in about.settings.iter().enumerate() {
@@ -368,17 +368,6 @@ fn p99_bound_ms(buckets: &[u64]) -> Option<f64> {
     None
 }
 
-/// `3m12s`, `2h05m`, `4d03h`.
-pub fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..=86_399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
-    }
-}
-
 /// Text made safe to put in HTML.
 pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -431,7 +420,7 @@ mod tests {
 
     #[test]
     fn durations_read_as_people_say_them() {
-        let d = |s| human_duration(Duration::from_secs(s));
+        let d = |s| crate::human_duration(Duration::from_secs(s));
         assert_eq!(
             (d(5), d(192), d(7500), d(356_400)),
             ("5s".into(), "3m12s".into(), "2h05m".into(), "4d03h".into())

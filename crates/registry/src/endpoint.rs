@@ -67,21 +67,28 @@ pub(crate) fn hostname() -> String {
 
 /// `YYYY-MM-DD HH:MM:SS` in local time, as the original wrote it.
 pub(crate) fn now_local() -> String {
-    // SAFETY: time/localtime_r write only into the provided structs.
-    unsafe {
-        let t = libc::time(std::ptr::null_mut());
+    // SAFETY: time writes only where it is told to (nowhere here).
+    local_time(unsafe { libc::time(std::ptr::null_mut()) } as i64)
+}
+
+/// `t` (seconds since the epoch) as a `start_time`: `YYYY-MM-DD HH:MM:SS`
+/// in local time.
+pub fn local_time(t: i64) -> String {
+    // SAFETY: localtime_r writes only into the provided struct.
+    let tm = unsafe {
         let mut tm: libc::tm = std::mem::zeroed();
-        libc::localtime_r(&t, &mut tm);
-        format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-            tm.tm_year + 1900,
-            tm.tm_mon + 1,
-            tm.tm_mday,
-            tm.tm_hour,
-            tm.tm_min,
-            tm.tm_sec
-        )
-    }
+        libc::localtime_r(&(t as libc::time_t), &mut tm);
+        tm
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use rpc_config::{Config, RegistrySpec};
 use tokio::sync::watch;
 
 pub use drain::{DrainMark, DrainSet};
-pub use endpoint::{service_id, Endpoint};
+pub use endpoint::{local_time, service_id, Endpoint};
 
 /// Every service of a product and its live endpoints, keyed by service
 /// name; endpoints sorted by `service_id`, each with
