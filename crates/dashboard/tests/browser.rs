@@ -245,18 +245,8 @@ async fn page_until(
     limit: Duration,
     cond: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let page = read_page(client).await;
-        if cond(&page) {
-            return page;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the page did not show {what} within {limit:?}: {page:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let every = Duration::from_millis(200);
+    rpc_testkit::read_until(what, limit, every, || read_page(client), cond).await
 }
 
 /// The row of the endpoint at `frontend`, if the page shows it.

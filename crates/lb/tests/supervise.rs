@@ -74,18 +74,8 @@ async fn status_until(
     limit: Duration,
     cond: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let s = status(page).await;
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {s:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let every = Duration::from_millis(10);
+    rpc_testkit::read_until(what, limit, every, || status(page), cond).await
 }
 
 async fn status(page: SocketAddr) -> Value {

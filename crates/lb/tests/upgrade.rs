@@ -254,18 +254,8 @@ fn alive(pid: u32) -> bool {
 
 /// Waits until the LB's `/status` satisfies `cond`, at most 10 s.
 async fn status_until(page: SocketAddr, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = status(page).await;
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < until,
-            "timed out waiting for {what}: {s:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (limit, every) = (Duration::from_secs(10), Duration::from_millis(20));
+    rpc_testkit::read_until(what, limit, every, || status(page), cond).await
 }
 
 /// An LB's configuration in a temporary directory, its registry watched.

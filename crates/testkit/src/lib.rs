@@ -41,6 +41,29 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Reads with `read` every `every` until the value satisfies `cond` and
+/// returns it; after `limit`, fails the test with `what` and the last value.
+pub async fn read_until<T: std::fmt::Display, F: std::future::Future<Output = T>>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut read: impl FnMut() -> F,
+    cond: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let value = read().await;
+        if cond(&value) {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what} ({limit:?}): {value:#}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// The body of a `GET path` to an HTTP/1.1 server on `addr`, which must
 /// answer 200 within [`STEP`].
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {

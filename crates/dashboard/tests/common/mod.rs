@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use rpc_dashboard::Options;
 use serde_json::Value;
-use tokio::time::Instant;
 
 /// Starts the dashboard on a free loopback port.
 pub async fn start_dashboard(options: Options) -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -34,18 +33,8 @@ pub async fn fleet_until(
     limit: Duration,
     cond: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let f = fleet(addr).await;
-        if cond(&f) {
-            return f;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {f:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let every = Duration::from_millis(50);
+    rpc_testkit::read_until(what, limit, every, || fleet(addr), cond).await
 }
 
 /// The endpoint of `product`/`service` at `frontend`, if listed.
