@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rpc_codec::{application_exception, ExceptionKind, Message, MessageType};
+use rpc_config::otel::Tracing;
 use rpc_engine::conn::{self, End};
 use rpc_engine::drain;
 use rpc_engine::{Cx, Failure, Flow, Hop, Options};
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 use crate::dispatch::{Dispatcher, Job};
 use crate::metrics::{Ending, Metrics, Tally};
 use crate::reply::{Answer, AnswerRx, AnswerTx, ReplyTo};
+use crate::trace::Spans;
 
 pub struct FrontSettings {
     pub service: Arc<str>,
@@ -39,6 +41,8 @@ pub struct FrontSettings {
     /// socket (between two requests) to the successor through it instead
     /// of closing.
     pub handoff: OnceLock<mpsc::UnboundedSender<(Stream, BytesMut)>>,
+    /// A span per call when `otlp_endpoint` is set.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// When the last request arrived, for the quiet period of a graceful stop.
@@ -102,6 +106,7 @@ pub async fn serve(
             settings.service.clone(),
             settings.rpc_timeout,
         ),
+        spans: (settings.tracing.clone()).map(|t| Spans::new(t, settings.service.clone())),
     };
     // Borrowed, not moved: the watch must live until the connection ends,
     // since the server's drain waits for it.
@@ -127,6 +132,7 @@ struct FrontConn<'a> {
     jobs: Vec<Job>,
     /// How this wake-up's requests ended; added to the shared counters once.
     tally: Tally,
+    spans: Option<Spans>,
 }
 
 impl Hop for FrontConn<'_> {
@@ -135,6 +141,10 @@ impl Hop for FrontConn<'_> {
     fn on_message(&mut self, msg: Message, cx: &mut Cx<'_>) -> Flow {
         let deadline = cx.now() + self.settings.rpc_timeout;
         let (s, tally) = (self.settings, &mut self.tally);
+        let msg = match &mut self.spans {
+            Some(spans) => traced(spans, msg, s, cx.now()),
+            None => msg,
+        };
         if let Some(f) = request(
             msg,
             &self.tx,
@@ -167,6 +177,10 @@ impl Hop for FrontConn<'_> {
 
     fn on_event(&mut self, answer: Answer, cx: &mut Cx<'_>) -> Flow {
         let now = cx.now();
+        if let Some(spans) = &mut self.spans {
+            let (seqid, method) = answer.names();
+            spans.end(seqid, method, ending(&answer), now);
+        }
         cx.send(frame_of(
             answer,
             &self.settings.service,
@@ -198,30 +212,48 @@ impl Hop for FrontConn<'_> {
     }
 }
 
+/// How the request an answer settles ended.
+fn ending(a: &Answer) -> Ending {
+    match a {
+        Answer::Reply(msg) if msg.kind() == MessageType::Exception => Ending::Exception,
+        Answer::Reply(_) => Ending::Ok,
+        Answer::Error(f) => match &f.failure {
+            Failure::TimeoutInQueue => Ending::TimeoutInQueue,
+            Failure::Timeout => Ending::Timeout,
+            Failure::Rejected(_) => Ending::RejectedQueueFull,
+            _ => Ending::WorkerLost,
+        },
+    }
+}
+
 /// The frame an answer becomes; counts how the request ended (at `now`).
 fn frame_of(a: Answer, service: &str, tally: &mut Tally, now: Instant) -> Bytes {
+    let e = ending(&a);
     match a {
         Answer::Reply(msg) => {
-            let e = if msg.kind() == MessageType::Exception {
-                Ending::Exception
-            } else {
-                Ending::Ok
-            };
             tally.answered(msg.seqid(), msg.name(), e, now);
             msg.into_bytes()
         }
         Answer::Error(f) => {
-            let e = match &f.failure {
-                Failure::TimeoutInQueue => Ending::TimeoutInQueue,
-                Failure::Timeout => Ending::Timeout,
-                Failure::Rejected(_) => Ending::RejectedQueueFull,
-                _ => Ending::WorkerLost,
-            };
             tally.answered(f.seqid, f.method.as_bytes(), e, now);
             f.failure
                 .to_exception(service, f.method.as_bytes(), f.seqid)
         }
     }
+}
+
+/// A call or oneway with its span started (and its method bare, as the
+/// span names it); other messages as they came.
+fn traced(spans: &mut Spans, mut msg: Message, settings: &FrontSettings, now: Instant) -> Message {
+    let oneway = match msg.kind() {
+        MessageType::Call => false,
+        MessageType::Oneway => true,
+        _ => return msg,
+    };
+    if msg.service() == Some(settings.service.as_bytes()) {
+        msg.strip_service();
+    }
+    spans.start(msg, oneway, now)
 }
 
 /// Starts one request (queued in `jobs`); returns a frame to write at once

@@ -19,6 +19,8 @@
 //!   taken everything over, workers or not);
 //! - `supervise`: the worker processes the LB starts itself
 //!   (`worker_command`): restarts, recycling, reloads;
+//! - `trace`: a span per call when `otlp_endpoint` is set, child of the
+//!   proxy's and parent of the worker's;
 //! - `metrics`: the status page on `metrics_address` (Prometheus,
 //!   JSON, dashboard) and the cheap counters behind it.
 
@@ -30,6 +32,7 @@ mod register;
 mod reply;
 mod server;
 mod supervise;
+mod trace;
 mod worker;
 
 pub use dispatch::Stats;

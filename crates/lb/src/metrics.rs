@@ -70,6 +70,13 @@ pub enum Ending {
     Oneway,
 }
 
+impl Ending {
+    /// The `outcome` label of the counters (and of the LB's spans).
+    pub fn label(self) -> &'static str {
+        ENDINGS[self as usize].1
+    }
+}
+
 const ENDINGS: [(Ending, &str); 7] = [
     (Ending::Ok, "ok"),
     (Ending::Exception, "exception"),

@@ -20,6 +20,16 @@ pub enum Answer {
     Error(Box<Failed>),
 }
 
+impl Answer {
+    /// The caller's seqid and the method the answer is for.
+    pub fn names(&self) -> (i32, &[u8]) {
+        match self {
+            Answer::Reply(msg) => (msg.seqid(), msg.name()),
+            Answer::Error(f) => (f.seqid, f.method.as_bytes()),
+        }
+    }
+}
+
 /// A request answered with an exception: why, and what names it.
 #[derive(Debug)]
 pub struct Failed {

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::BytesMut;
+use rpc_config::otel::Tracing;
 use rpc_config::Config;
 use rpc_engine::{drain, serve};
 use rpc_registry::{Endpoint, Registry};
@@ -177,13 +178,7 @@ pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Resu
         ),
         None => None,
     };
-    Ok(launch(
-        config,
-        &service,
-        registry,
-        (front, back, status),
-        false,
-    ))
+    launch(config, &service, registry, (front, back, status), false)
 }
 
 /// [`start`] on the sockets of the LB running with this configuration,
@@ -223,13 +218,7 @@ pub async fn start_on(
     if status.is_none() && config.metrics_address.is_some() {
         tracing::warn!("the LB taken over had no status page: none until a restart");
     }
-    Ok(launch(
-        config,
-        &service,
-        registry,
-        (front, back, status),
-        true,
-    ))
+    launch(config, &service, registry, (front, back, status), true)
 }
 
 /// Until the predecessor hears that we accept, the paths of its Unix
@@ -248,7 +237,16 @@ fn launch(
     registry: Arc<dyn Registry>,
     (front, back, status): (Listener, Listener, Option<tokio::net::TcpListener>),
     taken_over: bool,
-) -> LbHandle {
+) -> anyhow::Result<LbHandle> {
+    let tracer = match Tracing::from_config(config, "rpc-lb", env!("CARGO_PKG_VERSION")) {
+        Ok(t) => t,
+        Err(e) => {
+            if taken_over {
+                leave_to_predecessor(vec![front, back]);
+            }
+            anyhow::bail!(e);
+        }
+    };
     let (front_addr, back_addr) = (front.local_address(), back.local_address());
     let fds = vec![
         (front_addr.clone(), front.as_raw_fd()),
@@ -269,7 +267,7 @@ fn launch(
     let supervisor = Supervisor::new(config, &back_addr);
     let children = supervisor.as_ref().map(|s| s.children());
     let (front_settings, worker_settings) =
-        settings(config, service_name.clone(), &metrics, children);
+        settings(config, service_name.clone(), &metrics, children, tracer);
 
     let (end, end_rx) = oneshot::channel();
     let (front_drain, front_watch) = drain::channel();
@@ -336,7 +334,7 @@ fn launch(
         let _falcon = falcon;
         stopping.run(end_rx).await
     });
-    LbHandle {
+    Ok(LbHandle {
         front: front_addr,
         back: back_addr,
         dispatcher,
@@ -348,7 +346,7 @@ fn launch(
         fds,
         status_fd,
         proxies,
-    }
+    })
 }
 
 /// Keeps `endpoint` in the registry while the LB has workers, as `commands`
@@ -446,6 +444,7 @@ fn settings(
     service: Arc<str>,
     metrics: &Arc<Metrics>,
     children: Option<Arc<Children>>,
+    tracing: Option<Arc<Tracing>>,
 ) -> (Arc<FrontSettings>, Arc<WorkerSettings>) {
     let front = FrontSettings {
         service,
@@ -455,6 +454,7 @@ fn settings(
         frame_timeout: config.frame_timeout,
         metrics: metrics.clone(),
         handoff: OnceLock::new(),
+        tracing,
     };
     let worker = WorkerSettings {
         max_frame: config.max_frame_size,
@@ -551,6 +551,13 @@ impl Stopping {
         let _ = (&mut self.register.1).await;
     }
 
+    /// Sends the spans of the last calls before the process goes.
+    async fn last_spans(front: &FrontSettings) {
+        if let Some(t) = front.tracing.clone() {
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+        }
+    }
+
     async fn graceful(mut self) {
         let give_up = Instant::now() + self.stop_timeout;
         // 1. Out of the registry, so proxies stop choosing this LB.
@@ -585,6 +592,7 @@ impl Stopping {
         let _ = back_loop.await;
         let _ = tokio::time::timeout(Duration::from_secs(1), back.drain()).await;
         self.sweeper.abort();
+        Self::last_spans(&self.front_settings).await;
         tracing::info!("LB stopped");
     }
 
@@ -652,6 +660,7 @@ impl Stopping {
         let workers = close_workers(&self.dispatcher, self.supervisor.as_deref(), back, give_up);
         tokio::join!(finished, workers);
         self.sweeper.abort();
+        Self::last_spans(&self.front_settings).await;
         tracing::info!("LB handed over");
         result
     }

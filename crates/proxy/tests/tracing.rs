@@ -11,80 +11,14 @@ use std::sync::{Arc, Mutex};
 use bytes::BytesMut;
 use common::*;
 use futures::{SinkExt, StreamExt};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
-use prost::Message as _;
 use rpc_codec::{
     encode_message, trace_field, with_trace_field, FrameCodec, Message, MessageType, TRACE_FIELD_ID,
 };
+use rpc_testkit::otlp::{
+    attrs, hex, parts, receiver as otlp_receiver, Received, Span, SpanKind, StatusCode,
+};
 use rpc_transport::Listener;
 use tokio_util::codec::Framed;
-
-/// Spans received, with the `service.name` of their resource.
-#[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<(String, Span)>>>);
-
-impl Received {
-    fn spans(&self) -> Vec<(String, Span)> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-/// An OTLP/HTTP receiver on loopback: its base URL and what it got.
-async fn otlp_receiver() -> (String, Received) {
-    use axum::{body::Bytes, extract::State, routing::post, Router};
-    async fn traces(State(got): State<Received>, body: Bytes) -> &'static [u8] {
-        let req = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
-        for rs in req.resource_spans {
-            let resource = rs.resource.unwrap_or_default();
-            let service = resource
-                .attributes
-                .iter()
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| text(kv.value.as_ref()?.value.as_ref()?))
-                .unwrap_or_default();
-            for ss in rs.scope_spans {
-                for span in ss.spans {
-                    got.0.lock().unwrap().push((service.clone(), span));
-                }
-            }
-        }
-        // An empty ExportTraceServiceResponse.
-        b""
-    }
-    let got = Received::default();
-    let app = Router::new()
-        .route("/v1/traces", post(traces))
-        .with_state(got.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, got)
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::StringValue(s) => Some(s.clone()),
-        Value::IntValue(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-/// The span's attributes as text.
-fn attrs(span: &Span) -> BTreeMap<String, String> {
-    let value = |kv: &opentelemetry_proto::tonic::common::v1::KeyValue| {
-        text(kv.value.as_ref()?.value.as_ref()?)
-    };
-    span.attributes
-        .iter()
-        .filter_map(|kv| Some((kv.key.clone(), value(kv)?)))
-        .collect()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 /// `1: string "hi"`, STOP: the arguments of every call here.
 const ARGS: &[u8] = &[11, 0, 1, 0, 0, 0, 2, b'h', b'i', 0];
@@ -110,13 +44,6 @@ fn args_with(tp: &str) -> Vec<u8> {
 fn trace_of(body: &[u8]) -> String {
     let m = Message::parse(encode_message(MessageType::Call, b"m", 0, body)).unwrap();
     trace_field(&m).expect("a trace field").to_string()
-}
-
-/// (trace id, span id, flags) of a `traceparent`.
-fn parts(tp: &str) -> (String, String, String) {
-    let p: Vec<&str> = tp.split('-').collect();
-    assert_eq!((p.len(), p[0]), (4, "00"), "{tp}");
-    (p[1].into(), p[2].into(), p[3].into())
 }
 
 const CLIENT_TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";

@@ -9,6 +9,8 @@
 
 pub mod endpoint;
 mod memory;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 mod peer;
 pub mod worker;
 
