@@ -24,7 +24,9 @@ and no second parse of a header):
 Lifecycle:
 
 * no frame from the LB for ``heartbeat_timeout`` (5 s) means the LB is lost:
-  the connection is closed and redialled with backoff 1 s, 2 s, 4 s (capped);
+  the connection is closed and redialled with backoff 1 s, 2 s, 4 s (capped;
+  a lost connection is redialled at once, at most once per first step, so
+  workers reach an upgraded LB's successor without a pause);
 * an exception escaping the processor becomes an ``EXCEPTION`` reply
   (``INTERNAL_ERROR``) and the worker keeps serving;
 * SIGTERM/SIGINT (or :meth:`RpcWorker.stop`) sends ``STOP``; the LB stops
@@ -573,6 +575,7 @@ class RpcWorker:
 
     def _loop(self) -> None:
         attempt = 0
+        last_redial = None
         while not self._stop_requested:
             try:
                 sock = wire.connect_socket(self.address, self.connect_timeout)
@@ -595,8 +598,16 @@ class RpcWorker:
             if done:
                 return
             if not self._stop_requested:
-                # Redial after the first backoff step: the LB may be restarting.
+                # A lost connection is redialled at once: an upgraded LB's
+                # successor is already listening (a failed dial then backs
+                # off). At most once per first backoff step, so an LB that
+                # accepts and closes is not spun on.
                 delay = self.backoff[0]
+                now = time.monotonic()
+                if last_redial is None or now - last_redial >= delay:
+                    last_redial = now
+                    log.warning("lost LB at %s; redialling", self.address)
+                    continue
                 log.warning("lost LB at %s; redialling in %.1fs", self.address, delay)
                 self._sleep(delay)
         # Stop requested while disconnected: nobody can take replies, but

@@ -229,6 +229,30 @@ def test_redials_after_lb_restart_and_on_bad_frames(workers):
         lb.close()
 
 
+def test_a_lost_connection_is_redialled_at_once_but_not_twice_within_the_backoff(
+        lb, workers):
+    step = 1.0
+    w = workers(lb.address, backoff=(step, 2 * step))
+    # Closed by the LB (one that handed over to a successor listening on
+    # the same address): redialled at once.
+    first = lb.worker()
+    wait_until(lambda: w.worker.connects == 1, 5, "the first connection counted")
+    closed = time.monotonic()
+    first.close()
+    second = lb.worker(1, timeout=5)
+    redial = time.monotonic() - closed
+    assert redial < step / 2, f"redialled at once, not after {redial:.2f}s"
+    # Closed again at once: an LB that accepts and closes is not spun on.
+    wait_until(lambda: w.worker.connects == 2, 5, "the second connection counted")
+    closed = time.monotonic()
+    second.close()
+    third = lb.worker(2, timeout=5)
+    redial = time.monotonic() - closed
+    assert redial >= step - 0.1, f"backed off only {redial:.2f}s"
+    third.call("echo", Echo.echo_args("x"), seqid=1)
+    assert echo_result(third.reply(1)) == "x"
+
+
 def test_oversized_frame_closes_the_connection(lb, workers):
     workers(lb.address, max_frame_size=1024)
     link = lb.worker()

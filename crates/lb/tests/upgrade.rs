@@ -28,7 +28,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 /// Longest wait for one reply: calls wait in the successor's queue until
-/// a worker has redialled (1 s backoff).
+/// a worker has redialled (at once, or after a 1 s backoff).
 const REPLY_WITHIN: Duration = Duration::from_secs(10);
 
 /// `echo(1: data)` arguments, as the bench service reads them.
@@ -65,6 +65,8 @@ struct Counts {
     ok: AtomicU64,
     failed: AtomicU64,
     refused: AtomicU64,
+    /// The longest a fresh connection's call took, µs.
+    slowest_us: AtomicU64,
     stop: AtomicBool,
     /// What the failures were.
     failures: Mutex<Vec<String>>,
@@ -126,6 +128,7 @@ async fn connecting(front: Address, counts: Arc<Counts>) {
     let mut seqid = 0i32;
     while !counts.stop.load(Ordering::Relaxed) {
         seqid += 1;
+        let began = Instant::now();
         let Ok(stream) = Stream::connect(&front).await else {
             counts.refused.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -147,6 +150,8 @@ async fn connecting(front: Address, counts: Arc<Counts>) {
                 let m = Message::parse(frame).expect("a well-formed reply");
                 if reply_data(&m) == Some(data.as_bytes()) && m.seqid() == seqid {
                     counts.ok.fetch_add(1, Ordering::Relaxed);
+                    let took = began.elapsed().as_micros() as u64;
+                    counts.slowest_us.fetch_max(took, Ordering::Relaxed);
                 } else {
                     counts.fail(format!("fresh call {seqid}: {m:?}"));
                 }
@@ -378,8 +383,9 @@ impl Load {
         self.counts.ok.load(Ordering::Relaxed)
     }
 
-    /// Stops the clients; calls answered, failed, refused.
-    async fn stop(self, new: &Proc) -> (u64, u64, u64) {
+    /// Stops the clients; calls answered, failed, refused, and the
+    /// slowest call of a fresh connection.
+    async fn stop(self, new: &Proc) -> (u64, u64, u64, Duration) {
         self.counts.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             tokio::time::timeout(REPLY_WITHIN, t)
@@ -401,7 +407,8 @@ impl Load {
             numbers.0,
             new.output()
         );
-        numbers
+        let slowest = Duration::from_micros(c.slowest_us.load(Ordering::Relaxed));
+        (numbers.0, numbers.1, numbers.2, slowest)
     }
 }
 
@@ -484,10 +491,11 @@ async fn upgrade_under_load_fails_no_call_refuses_no_connection_and_stays_regist
     .await;
     assert_eq!(s["registered"], true);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (ok, failed, refused) = load.stop(&new).await;
+    let (ok, failed, refused, slowest) = load.stop(&new).await;
     eprintln!(
         "lb upgrade under load (workers dialling in): {ok} calls answered ({at_exit} when the \
-         old LB exited, {:.1} s after the upgrade began), {failed} failed, {refused} refused",
+         old LB exited, {:.1} s after the upgrade began), {failed} failed, {refused} refused, \
+         slowest fresh call {slowest:?}",
         took.as_secs_f64()
     );
     assert!(
@@ -543,10 +551,11 @@ async fn upgrade_of_an_lb_supervising_its_workers_replaces_them_without_failing_
     let new_workers: Vec<u32> = supervised(&s).into_iter().flatten().collect();
     assert!(new_workers.iter().all(|p| !old_workers.contains(p)));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (ok, failed, refused) = load.stop(&new).await;
+    let (ok, failed, refused, slowest) = load.stop(&new).await;
     eprintln!(
         "lb upgrade under load (supervised workers): {ok} calls answered ({at_exit} when the \
-         old LB exited, {:.1} s after the upgrade began), {failed} failed, {refused} refused",
+         old LB exited, {:.1} s after the upgrade began), {failed} failed, {refused} refused, \
+         slowest fresh call {slowest:?}",
         took.as_secs_f64()
     );
     assert!(

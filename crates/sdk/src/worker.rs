@@ -46,7 +46,8 @@ enum ConnEnd {
 impl Worker {
     /// Serves at most `pool_size` requests at once. Defaults follow SPEC §5:
     /// 5 s without a heartbeat means the LB is lost; redial backoff 1 s,
-    /// 2 s, 4 s.
+    /// 2 s, 4 s (but a lost connection is redialled at once, at most once
+    /// per first step: an upgraded LB's successor is already listening).
     pub fn new(back_address: Address, pool_size: usize, handler: impl Handler) -> Worker {
         Worker {
             back_address,
@@ -142,12 +143,18 @@ impl Worker {
             conn: 0,
         };
         let mut backoff = me.backoff_initial;
+        let mut last_redial: Option<tokio::time::Instant> = None;
         while !*stop.borrow() {
             let dial = tokio::time::timeout(me.connect_timeout, Stream::connect(&me.back_address));
             let dialed = tokio::select! {
                 r = dial => r,
                 _ = stop.wait_for(|s| *s) => break,
             };
+            // A lost connection is redialled at once: an LB handing over to
+            // its successor is back before any backoff. At most once per
+            // first backoff step, so an LB that accepts and closes is not
+            // spun on.
+            let mut redial_now = false;
             match dialed {
                 Ok(Ok(stream)) => {
                     tracing::info!(lb = %me.back_address, "connected to LB");
@@ -163,11 +170,19 @@ impl Worker {
                         return;
                     }
                     tracing::warn!(lb = %me.back_address, "lost the LB; redialing");
+                    let now = tokio::time::Instant::now();
+                    redial_now = last_redial.is_none_or(|t| now - t >= me.backoff_initial);
+                    if redial_now {
+                        last_redial = Some(now);
+                    }
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(lb = %me.back_address, error = %e, "cannot reach the LB")
                 }
                 Err(_) => tracing::warn!(lb = %me.back_address, "connecting to the LB timed out"),
+            }
+            if redial_now {
+                continue;
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}

@@ -213,3 +213,35 @@ async fn redials_when_the_lb_is_not_up_yet() {
     assert_eq!(c.call("echo", 1, b"x").await.body(), b"x");
     stop_with_confirm(w, &mut c).await;
 }
+
+#[tokio::test]
+async fn a_lost_connection_is_redialled_at_once_but_not_twice_within_the_backoff() {
+    let backoff = Duration::from_secs(2);
+    let (l, addr) = lb().await;
+    let w = Worker::new(addr, 1, test_handler(Default::default()))
+        .backoff(backoff, 2 * backoff)
+        .start()
+        .await;
+    // Closed by the LB (one that handed over to a successor listening on
+    // the same address): redialled at once.
+    let first = accept(&l).await;
+    drop(first);
+    let closed = tokio::time::Instant::now();
+    let second = accept(&l).await;
+    let redial = closed.elapsed();
+    assert!(
+        redial < backoff / 2,
+        "redialled at once, not after {redial:?}"
+    );
+    // Closed again at once: an LB that accepts and closes is not spun on.
+    drop(second);
+    let closed = tokio::time::Instant::now();
+    let mut third = accept(&l).await;
+    let redial = closed.elapsed();
+    assert!(
+        redial >= backoff - Duration::from_millis(100),
+        "backed off only {redial:?}"
+    );
+    assert_eq!(third.call("echo", 1, b"x").await.body(), b"x");
+    stop_with_confirm(w, &mut third).await;
+}
