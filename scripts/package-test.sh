@@ -17,7 +17,8 @@
 #      and deletes the user if this run created it.
 # Run as root (it installs a package and creates a user), on a machine
 # where rpc-proxy is not installed and ports 5550 and 5555 are free. Ends
-# with one summary line; exits non-zero when a check failed.
+# with a summary and a count line (`package: N passed, M failed`); exits
+# non-zero when a check failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +56,8 @@ summary() {
     else
         echo "package-test: FAIL: $failed of $((passed + failed)) checks failed: ${failures[*]} (${secs}s)"
     fi
+    # The line scripts/test.sh counts.
+    echo "package: $passed passed, $failed failed"
 }
 
 cleanup() {

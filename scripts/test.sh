@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need (ZooKeeper, the Thrift compiler, HAProxy and
 # Chromium from Debian; the Python SDK and its test tools from PyPI), then runs every
-# test: the Rust workspace, the Python SDK, and a smoke run of the benchmark.
+# test: the Rust workspace, the Python SDK, a smoke run of the benchmark and,
+# as root, the Debian package's build-install-run-remove test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,7 +61,31 @@ if [ -x bench/run ]; then
     bench/run --quick --debug --out "$log/bench" 2>&1 | tee "$log/bench.txt" || bench_rc=$?
 fi
 
-# One closing line over both runners.
+# Suites of their own, each ending with a line `NAME: N passed, M failed`.
+extra_pass=0; extra_fail=0; extra_lines=()
+suite() { # suite NAME COMMAND...
+    local name=$1; shift
+    echo "==> $name"
+    local rc=0
+    "$@" 2>&1 | tee "$log/$name.txt" || rc=$?
+    local line
+    line=$(grep -E "^$name: [0-9]+ passed, [0-9]+ failed" "$log/$name.txt" | tail -1 || true)
+    local p f
+    p=$(sed -n 's/.*: \([0-9]\+\) passed.*/\1/p' <<<"$line")
+    f=$(sed -n 's/.* \([0-9]\+\) failed.*/\1/p' <<<"$line")
+    if [ -z "$line" ]; then p=0; f=1; line="$name: no summary (exit $rc)"; fi
+    if [ "$rc" != 0 ] && [ "${f:-0}" = 0 ]; then f=1; fi
+    extra_pass=$((extra_pass + ${p:-0})); extra_fail=$((extra_fail + ${f:-0}))
+    extra_lines+=("$line")
+}
+
+# The Debian package, built, installed, run as its units would and removed
+# (it needs root: it installs a package and creates a user).
+if [ "$(id -u)" = 0 ] && command -v dpkg >/dev/null; then
+    suite package bash scripts/package-test.sh
+fi
+
+# One closing line over every runner.
 rust_pass=0; rust_fail=0; py_pass=0; py_fail=0
 if grep -q "tests run:" "$log/rust.txt"; then
     line=$(grep "tests run:" "$log/rust.txt" | tail -1)
@@ -74,11 +99,12 @@ if [ -f "$log/py.txt" ]; then
     py_pass=$(tail -1 "$log/py.txt" | { grep -o '[0-9]\+ passed' || true; } | awk '{s+=$1} END {print s+0}')
     py_fail=$(tail -1 "$log/py.txt" | { grep -o '[0-9]\+ \(failed\|error\)' || true; } | awk '{s+=$1} END {print s+0}')
 fi
-passed=$(( ${rust_pass:-0} + ${py_pass:-0} ))
-failed=$(( ${rust_fail:-0} + ${py_fail:-0} ))
+passed=$(( ${rust_pass:-0} + ${py_pass:-0} + extra_pass ))
+failed=$(( ${rust_fail:-0} + ${py_fail:-0} + extra_fail ))
 if [ "$bench_rc" != 0 ]; then echo "benchmark smoke run failed (exit $bench_rc)"; failed=$((failed + 1)); fi
 if [ "$rust_rc" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
 if [ "$py_rc" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
+for line in "${extra_lines[@]}"; do echo "$line"; done
 echo "rust: ${rust_pass:-0} passed, ${rust_fail:-0} failed; python: ${py_pass:-0} passed, ${py_fail:-0} failed"
 echo "total: $passed passed, $failed failed"
 [ "$failed" = 0 ]
