@@ -92,6 +92,15 @@ enum Command {
         #[arg(long, default_value_t = 1000, value_name = "MS",
               value_parser = clap::value_parser!(u64).range(1..))]
         timeout_ms: u64,
+        /// Also call SERVICE through a proxy (a method no service has,
+        /// which an endpoint refuses without running anything): ADDR, or
+        /// alone the config's first `proxy_address`, else 127.0.0.1:5550.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1)]
+        proxy: Option<Option<Address>>,
+        /// How many calls to make through the proxy, one after the other.
+        #[arg(long, default_value_t = 3, value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..=1000))]
+        count: u64,
     },
     /// Stop proxies sending new calls to one endpoint of SERVICE, which
     /// keeps running: its calls in flight complete, its connections stay.
@@ -238,9 +247,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 idl_service,
                 args: call::read_args(call_args.as_deref())?,
             };
-            let proxy = proxy
-                .or_else(|| config.proxy_address.first().cloned())
-                .unwrap_or_else(|| Address::Tcp(DEFAULT_PROXY.into()));
+            let proxy = proxy.unwrap_or_else(|| default_proxy(&config));
             let limit = timeout_ms.map_or(config.rpc_timeout + Duration::from_secs(1), |ms| {
                 Duration::from_millis(ms)
             });
@@ -263,15 +270,22 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             service,
             product,
             timeout_ms,
+            proxy,
+            count,
         } => {
-            let product = product.unwrap_or(config.product);
+            let product = product.unwrap_or_else(|| config.product.clone());
             let endpoints = source
                 .services(&product)
                 .await?
                 .remove(&service)
                 .unwrap_or_default();
             let limit = Duration::from_millis(timeout_ms);
-            let report = ping::ping_all(&product, &service, &endpoints, limit).await;
+            let mut report = ping::ping_all(&product, &service, &endpoints, limit).await;
+            if let Some(proxy) = proxy {
+                let proxy = proxy.unwrap_or_else(|| default_proxy(&config));
+                let calls = ping::through_proxy(&proxy, &service, count as usize, limit);
+                report.proxy = Some(calls.await);
+            }
             if endpoints.is_empty() {
                 // Scripts still get their document (with no endpoint).
                 eprintln!(
@@ -288,7 +302,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 report.to_table()
             });
-            Ok(if report.answered > 0 {
+            Ok(if report.ok() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -311,6 +325,16 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             unreachable!("run above")
         }
     }
+}
+
+/// The proxy `call` and `ping --proxy` use unless told: the config's first
+/// `proxy_address`, else [`DEFAULT_PROXY`].
+fn default_proxy(config: &Config) -> Address {
+    config
+        .proxy_address
+        .first()
+        .cloned()
+        .unwrap_or_else(|| Address::Tcp(DEFAULT_PROXY.into()))
 }
 
 /// `rpcctl drain` / `rpcctl undrain`.

@@ -3,6 +3,7 @@
 //! `rpc_testkit`'s scripted SPEC §4 endpoint, which echoes heartbeats.
 
 mod common;
+mod stack;
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use rpc_registry::Registry;
 use rpc_testkit::endpoint::TestEndpoint;
 use rpc_testkit::ZkServer;
 use serde_json::Value;
+use stack::Stack;
 
 /// The outcome of `frontend` in a `--json` report.
 fn outcome<'a>(doc: &'a Value, frontend: &str) -> &'a Value {
@@ -167,4 +169,78 @@ async fn local_registry_product_from_flag_or_config_and_unix_sockets() {
     assert_eq!(run.json()["endpoints"], serde_json::json!([]));
 
     live.kill().await;
+}
+
+/// `--proxy`: calls through a real proxy reach the service (its endpoint
+/// refuses the unknown method, running nothing), or say what the proxy
+/// answered instead.
+#[tokio::test]
+async fn through_a_proxy_calls_reach_the_service_or_say_why_not() {
+    let stack = Stack::start("").await;
+    let ep = TestEndpoint::start("a").await;
+    let ep_addr = ep.address.to_string();
+    let _r = stack
+        .registry
+        .register(endpoint("echo", &ep_addr))
+        .await
+        .unwrap();
+    stack.routes("echo").await;
+    let ini = stack.ini("cli.ini", &format!("proxy_address = {}", stack.address));
+    let ini = ini.to_str().unwrap();
+
+    // `--proxy` alone: the config's proxy.
+    let run = rpcctl(&["-c", ini, "ping", "echo", "--proxy", "--json"]).await;
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let doc = run.json();
+    assert_eq!(doc["answered"], 1);
+    let p = &doc["proxy"];
+    assert_eq!(p["address"], stack.address.as_str());
+    assert_eq!(
+        (p["sent"].as_u64(), p["reached"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(p["rtt_us"].as_array().unwrap().len(), 3);
+    assert!(p["error"].is_null(), "{p}");
+    assert_eq!(ep.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    let args = [
+        "-c",
+        ini,
+        "ping",
+        "echo",
+        "--proxy",
+        &stack.address,
+        "--count",
+        "2",
+    ];
+    let run = rpcctl(&args).await;
+    assert!(run.ok, "{}", run.stderr);
+    let want = format!(
+        "through the proxy at {}: 2 of 2 calls reached echo (min/avg/max ",
+        stack.address
+    );
+    assert!(run.stdout.contains(&want), "{}", run.stdout);
+
+    // A service the proxy does not know: its answer is shown, the run fails.
+    let run = rpcctl(&["-c", ini, "ping", "nosuch", "--proxy", "--json"]).await;
+    assert_eq!(run.code, Some(1), "{}", run.stdout);
+    let p = &run.json()["proxy"];
+    assert_eq!(
+        (p["sent"].as_u64(), p["reached"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert!(p["error"].as_str().unwrap().contains("nosuch"), "{p}");
+
+    // No proxy listening: a connect error.
+    let dead = format!("127.0.0.1:{}", rpc_testkit::free_port());
+    let run = rpcctl(&["-c", ini, "ping", "echo", "--proxy", &dead]).await;
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stdout.contains(&format!(
+            "through the proxy at {dead}: 0 of 0 calls reached echo; error: connect: "
+        )),
+        "{}",
+        run.stdout
+    );
+    ep.kill().await;
 }
