@@ -135,6 +135,7 @@ func (s *Service) Stop() {
 	if s.reg != nil {
 		s.reg.deregister()
 	}
+	logf(levelInfo, "stopping: %d requests in flight, serving until %v without one", s.Inflight(), s.config.QuietPeriod)
 	for {
 		now := time.Now()
 		if !now.Before(deadline) {
