@@ -1,0 +1,1 @@
+"""The base service's IDL defines no constants."""
