@@ -41,8 +41,8 @@ public final class Config {
     // The original's keys (SPEC §7).
     /** ZooKeeper hosts ({@code h1:2181,h2:2181}); null when unset or a local registry. */
     private String zk;
-    /** The {@code zk} value when it names the project's embedded registry ({@code local[:dir]}). */
-    private String localRegistry;
+    /** The {@code zk} value when it names the project's embedded registry ({@code local[:dir]}, the default). */
+    private String localRegistry = "local";
     private String product = "test";
     private Duration zkSessionTimeout = Duration.ofSeconds(30);
     private boolean verbose;
