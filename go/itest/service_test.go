@@ -231,6 +231,31 @@ func TestEndpointWire(t *testing.T) {
 	if got := r.read(); got != nil {
 		t.Fatalf("connection left open after a protocol error: %x", got)
 	}
+
+	// A frame over max_frame_size, and an old non-strict header: the peer
+	// is told, its connection closed, and other connections carry on.
+	other := dialRaw(t, s.address)
+	oldHeader := append([]byte{0, 0, 0, 13, 0, 0, 0, 4}, "echo"...)
+	oldHeader = append(oldHeader, byte(thrift.CALL), 0, 0, 0, 1)
+	for what, f := range map[string][]byte{
+		"oversized frame":   {0x7f, 0xff, 0xff, 0xff},
+		"non-strict header": oldHeader,
+	} {
+		bad := dialRaw(t, s.address)
+		bad.send(f)
+		_, kind, _, p := decode(t, bad.read())
+		app.Read(context.Background(), p)
+		if kind != thrift.EXCEPTION || app.TypeId() != thrift.PROTOCOL_ERROR {
+			t.Errorf("%s: got message type %d, %v", what, kind, app)
+		}
+		if got := bad.read(); got != nil {
+			t.Errorf("%s: connection left open: %x", what, got)
+		}
+		other.send(beat)
+		if got := other.read(); string(got) != string(beat) {
+			t.Errorf("after a peer's %s, another connection's heartbeat: %x", what, got)
+		}
+	}
 }
 
 // A Unix socket frontend (relative front_sock made absolute) is registered

@@ -37,12 +37,14 @@ type Service struct {
 	lastRequest int64 // unix nanoseconds of the last request read
 	requests    int64
 
-	mu       sync.Mutex
-	conns    map[*serverConn]struct{}
-	draining bool
-	connWG   sync.WaitGroup
-	accepted chan struct{} // closed when the accept loop has returned
-	slots    chan struct{} // max_connections
+	mu        sync.Mutex
+	conns     map[*serverConn]struct{}
+	draining  bool
+	connWG    sync.WaitGroup
+	closing   chan struct{} // closed when the accept loop must return
+	closeOnce sync.Once
+	accepted  chan struct{} // closed when the accept loop has returned
+	slots     chan struct{} // max_connections
 }
 
 // NewService prepares a service; nothing is bound before Start.
@@ -51,6 +53,7 @@ func NewService(config *Config, processor thrift.TProcessor) *Service {
 		config:    config,
 		processor: processor,
 		conns:     map[*serverConn]struct{}{},
+		closing:   make(chan struct{}),
 		accepted:  make(chan struct{}),
 		slots:     make(chan struct{}, config.MaxConnections),
 	}
@@ -102,8 +105,7 @@ func (s *Service) Start() error {
 	ep.CodeURLVersion = s.CodeURLVersion
 	reg, err := register(c.ZK, c.ZKSessionTimeout, c.Product, ep)
 	if err != nil {
-		s.listener.Close()
-		<-s.accepted
+		s.stopAccepting()
 		return fmt.Errorf("cannot register %s at %s: %w", c.Service, s.address, err)
 	}
 	s.reg = reg
@@ -131,6 +133,9 @@ func (s *Service) Run() error {
 // write the replies still due and close every connection. The whole stop
 // takes at most stop_timeout.
 func (s *Service) Stop() {
+	if s.listener == nil {
+		return // never started
+	}
 	deadline := time.Now().Add(s.config.StopTimeout)
 	if s.reg != nil {
 		s.reg.deregister()
@@ -156,8 +161,7 @@ func (s *Service) Stop() {
 		time.Sleep(time.Until(wake))
 	}
 
-	s.listener.Close()
-	<-s.accepted
+	s.stopAccepting()
 	s.mu.Lock()
 	s.draining = true
 	for c := range s.conns {
@@ -198,10 +202,23 @@ func listen(address string) (net.Listener, error) {
 	return net.Listen("unix", address)
 }
 
+func (s *Service) stopAccepting() {
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		s.listener.Close()
+	})
+	<-s.accepted
+}
+
 func (s *Service) accept() {
 	defer close(s.accepted)
 	for {
-		s.slots <- struct{}{}
+		// Wait for a free connection slot (max_connections) before accepting.
+		select {
+		case s.slots <- struct{}{}:
+		case <-s.closing:
+			return
+		}
 		conn, err := s.listener.Accept()
 		if err != nil {
 			<-s.slots
