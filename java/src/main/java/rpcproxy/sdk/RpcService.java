@@ -137,6 +137,11 @@ public final class RpcService {
         return this;
     }
 
+    /** The registry the service registered in, once started (none when stand-alone). */
+    public java.util.Optional<ZkRegistry> zkRegistry() {
+        return java.util.Optional.ofNullable(registry);
+    }
+
     /** Binds, starts serving, then registers. Returns once registered. */
     public synchronized RpcService start() throws IOException, ZkRegistry.RegistryException {
         if (started) {

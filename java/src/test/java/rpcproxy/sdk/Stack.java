@@ -38,6 +38,9 @@ final class Stack implements AutoCloseable {
     private final List<RpcService> services = new ArrayList<>();
     private final List<AutoCloseable> closeables = new ArrayList<>();
     String proxyAddress;
+    private Process proxyProc;
+    private List<String> proxyArgv;
+    private int proxyPort;
     private int n;
 
     Stack() throws Exception {
@@ -121,13 +124,41 @@ final class Stack implements AutoCloseable {
         Map<String, Object> k = keys("proxy_address", "127.0.0.1:" + port, "rpc_timeout", 10);
         k.putAll(keys(extra));
         Path ini = ini(name, k);
-        Process p = start(name, List.of(bin.toString(), "-c", ini.toString()));
-        waitUntil(() -> portOpen(port) || !p.isAlive(), Duration.ofSeconds(20), name + " to listen");
+        proxyArgv = List.of(bin.toString(), "-c", ini.toString());
+        proxyPort = port;
+        proxyProc = startProxy(name);
+        proxyAddress = "127.0.0.1:" + port;
+        return proxyAddress;
+    }
+
+    private Process startProxy(String name) throws IOException {
+        Process p = start(name, proxyArgv);
+        waitUntil(() -> portOpen(proxyPort) || !p.isAlive(), Duration.ofSeconds(20), name + " to listen");
         if (!p.isAlive()) {
             fail(name + " exited at start:\n" + log(name));
         }
-        proxyAddress = "127.0.0.1:" + port;
-        return proxyAddress;
+        return p;
+    }
+
+    /** Kills the proxy (its connections close) and starts it again on the same address. */
+    void restartProxy() throws Exception {
+        proxyProc.destroyForcibly();
+        proxyProc.waitFor(10, TimeUnit.SECONDS);
+        proxyProc = startProxy("proxy-" + (++n));
+    }
+
+    /** Starts a second rpc-proxy listening on a Unix socket; returns its path. */
+    String unixProxy() throws Exception {
+        Path bin = binDir().resolve("rpc-proxy");
+        String name = "proxy-" + (++n);
+        Path sock = dir.resolve(name + ".sock");
+        Path ini = ini(name, keys("proxy_address", sock, "rpc_timeout", 10));
+        Process p = start(name, List.of(bin.toString(), "-c", ini.toString()));
+        waitUntil(() -> Files.exists(sock) || !p.isAlive(), Duration.ofSeconds(20), name + " to listen");
+        if (!p.isAlive()) {
+            fail(name + " exited at start:\n" + log(name));
+        }
+        return sock.toString();
     }
 
     /** A config for a Java service of {@code service} on a free loopback port, with short stop timings. */
