@@ -28,6 +28,7 @@ var (
 	workDir      string // temporary, removed at the end
 	zkHosts      string
 	proxyAddress string
+	proxyProc    *proc
 	proxyBin     string
 	serviceBin   string
 	zkConn       *zk.Conn // the tests' own look at the registry
@@ -79,7 +80,7 @@ func setUp() error {
 	if err != nil {
 		return err
 	}
-	proxyAddress, _, err = startProxy("proxy", freePort())
+	proxyAddress, proxyProc, err = startProxy("proxy", freePort())
 	return err
 }
 
@@ -256,10 +257,12 @@ func ruok(hosts string) bool {
 func startProxy(name string, port int) (string, *proc, error) {
 	address := fmt.Sprintf("127.0.0.1:%d", port)
 	// Round-robin, so that both instances of a service get calls (the
-	// SIGTERM test stops one while it has some in flight).
+	// SIGTERM test stops one while it has some in flight). Heartbeats
+	// every 200 ms, a connection silent for 1 s is dead: an endpoint that
+	// did not echo them would be dropped within the tests' idle pauses.
 	ini := writeINI(name, map[string]string{
 		"zk": zkHosts, "product": "test", "proxy_address": address, "rpc_timeout": "10",
-		"balance": "round_robin",
+		"balance": "round_robin", "heartbeat_interval_ms": "200", "heartbeat_timeout_ms": "1000",
 	})
 	p, err := startProc(name, workDir, nil, proxyBin, "-c", ini)
 	if err != nil {

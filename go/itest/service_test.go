@@ -128,6 +128,32 @@ func TestCallsThroughProxy(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("10 concurrent 300 ms calls took %v: not served concurrently", d)
 	}
+
+	// Idle for twice the proxy's heartbeat timeout: only echoed heartbeats
+	// keep its connection to the service alive.
+	time.Sleep(2 * time.Second)
+	if lost := "backend connection lost service=echo_go"; logContains(proxyProc, lost) {
+		t.Errorf("the proxy lost its connection to the service:\n%s", proxyProc.logTail())
+	}
+	if r, err := e.Echo(ctx, "still there"); err != nil || r != "still there" {
+		t.Errorf("echo after an idle pause: %q, %v", r, err)
+	}
+}
+
+// stand_alone=1 serves without registering; a ProxyClient pointed at the
+// service itself works too, since the service strips `service:` prefixes.
+func TestStandAloneServesWithoutRegistering(t *testing.T) {
+	s := startService(t, "echo_alone", map[string]string{"stand_alone": "1", "zk": ""})
+	c := rpcsdk.NewProxyClient(s.address, 5*time.Second)
+	defer c.Close()
+	e := echo.NewEchoClient(c.Client("echo_alone"))
+	var last error
+	if !waitFor(10*time.Second, func() bool { _, last = e.Echo(context.Background(), "x"); return last == nil }) {
+		t.Fatalf("stand-alone service not answering: %v\n%s", last, s.logTail())
+	}
+	if ok, _, err := zkConn.Exists("/zk/product/test/services/echo_alone"); err != nil || ok {
+		t.Errorf("a stand-alone service registered (exists %v, %v)", ok, err)
+	}
 }
 
 // rawConn speaks frames to the service directly, as the proxy does.
