@@ -514,7 +514,12 @@ public final class RpcService {
                     if (h.type == Wire.HEARTBEAT) {
                         write(ByteBuffer.allocate(4).putInt(0, n), ByteBuffer.wrap(payload));
                     } else if (h.type == Wire.CALL || h.type == Wire.ONEWAY) {
-                        slots.acquire();
+                        // At max_inflight unanswered requests, reading pauses.
+                        while (!slots.tryAcquire(50, TimeUnit.MILLISECONDS)) {
+                            if (stopReading || !ch.isOpen()) {
+                                return;
+                            }
+                        }
                         dispatch(h, payload);
                     } else {
                         badInput("unexpected message type " + h.type + " sent to a service", h);
