@@ -44,12 +44,15 @@ else
     cargo test --workspace --no-fail-fast 2>&1 | tee "$log/rust.txt" || rust_rc=$?
 fi
 
+# The binaries the Python, Go and Java tests run.
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+export RPC_BIN_DIR="$target_dir/debug"
+
 py_rc=0
 if [ -d python/tests ]; then
     echo "==> Python tests"
-    target_dir=$(cargo metadata --format-version 1 --no-deps |
-        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-    RPC_BIN_DIR="$target_dir/debug" RPC_TESTS_STRICT=1 \
+    RPC_TESTS_STRICT=1 \
         python3 -m pytest -q python/tests 2>&1 | tee "$log/py.txt" || py_rc=$?
     [ "$py_rc" = 5 ] && py_rc=0 # no tests collected is not a failure of the code
 fi
@@ -78,6 +81,11 @@ suite() { # suite NAME COMMAND...
     extra_pass=$((extra_pass + ${p:-0})); extra_fail=$((extra_fail + ${f:-0}))
     extra_lines+=("$line")
 }
+
+# The Go SDK, against a throwaway ZooKeeper and the real rpc-proxy.
+if [ -x go/test.sh ]; then
+    suite go sh go/test.sh
+fi
 
 # The Debian package, built, installed, run as its units would and removed
 # (it needs root: it installs a package and creates a user).
