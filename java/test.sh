@@ -65,7 +65,7 @@ javac_ -d "$build/classes/test" -cp "$build/rpc-proxy-sdk.jar:$cp_test" \
 tests=("$@")
 if [ ${#tests[@]} -eq 0 ]; then
     tests=(rpcproxy.sdk.ConfigTest rpcproxy.sdk.EndpointTest rpcproxy.sdk.WireTest
-           rpcproxy.sdk.ProxyTest rpcproxy.sdk.ClientTest rpcproxy.sdk.StopTest
+           rpcproxy.sdk.ProxyTest rpcproxy.sdk.RegistryTest rpcproxy.sdk.ClientTest rpcproxy.sdk.StopTest
            rpcproxy.sdk.SessionExpiryTest)
 fi
 cd "$build" || die "no build directory"

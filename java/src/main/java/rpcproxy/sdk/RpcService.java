@@ -398,6 +398,17 @@ public final class RpcService {
             }
             listeners.clear();
         }
+        // The port is free only once no thread is inside accept() on it.
+        for (Thread t : acceptors) {
+            if (t != Thread.currentThread()) {
+                try {
+                    t.join(1000);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    return;
+                }
+            }
+        }
     }
 
     private void accept(ServerSocketChannel l) {
