@@ -38,6 +38,8 @@ public final class ClientPool implements Closeable {
 
     /** No connection became free within the pool's acquire timeout. */
     public static final class PoolTimeout extends TTransportException {
+        private static final long serialVersionUID = 1L;
+
         PoolTimeout(String message) {
             super(TTransportException.TIMED_OUT, message);
         }

@@ -33,6 +33,8 @@ public final class Config {
 
     /** A config file or value that cannot be used; the message names the key or line. */
     public static final class ConfigException extends IllegalArgumentException {
+        private static final long serialVersionUID = 1L;
+
         public ConfigException(String message) {
             super(message);
         }

@@ -48,6 +48,8 @@ public final class Wire {
 
     /** Thrown for a message whose header cannot be used. */
     public static final class BadMessage extends Exception {
+        private static final long serialVersionUID = 1L;
+
         BadMessage(String message) {
             super(message);
         }

@@ -318,6 +318,8 @@ public final class ZkRegistry implements Closeable {
     }
 
     public static final class RegistryException extends Exception {
+        private static final long serialVersionUID = 1L;
+
         public RegistryException(String message) {
             super(message);
         }
