@@ -6,6 +6,8 @@ use std::time::Duration;
 use rpc_transport::Address;
 use thiserror::Error;
 
+use crate::ZkAuth;
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -132,6 +134,13 @@ pub struct Config {
     pub registry: RegistrySpec,
     pub product: String,
     pub zk_session_timeout: Duration,
+    /// ZooKeeper identity (`zk_auth = digest:user:password`, or the same
+    /// text in the file `zk_auth_file` names, which must be readable by its
+    /// owner only). With it, every ZooKeeper client of the process
+    /// authenticates, and the nodes it creates only it may change or
+    /// delete; everyone may read them. None: no authentication, nodes open
+    /// to all (the original's behaviour).
+    pub zk_auth: Option<ZkAuth>,
     pub verbose: bool,
     pub service: Option<String>,
     pub front_host: Option<String>,
@@ -223,6 +232,7 @@ impl Default for Config {
             registry: RegistrySpec::default_local(),
             product: "test".into(),
             zk_session_timeout: Duration::from_secs(30),
+            zk_auth: None,
             verbose: false,
             service: None,
             front_host: None,
@@ -311,6 +321,15 @@ fn positive(key: &str, value: &str) -> Result<usize, ConfigError> {
     }
 }
 
+/// `digest:user:…`: a `zk_auth` value fit for an error message.
+fn hide_password(value: &str) -> String {
+    let mut parts = value.splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(scheme), Some(user), Some(_)) => format!("{scheme}:{user}:…"),
+        _ => "…".into(),
+    }
+}
+
 fn opt(value: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_string())
 }
@@ -352,6 +371,7 @@ impl Config {
     /// Parses `key=value` lines; `#` starts a comment; spaces are trimmed.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let mut c = Config::default();
+        let mut auth_key = None;
         for (i, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -361,7 +381,13 @@ impl Config {
                 line: i + 1,
                 text: raw.to_string(),
             })?;
-            c.set(k.trim(), v.trim())?;
+            let k = k.trim();
+            if k == "zk_auth" || k == "zk_auth_file" {
+                if let Some(first) = auth_key.replace(k) {
+                    return Err(invalid(k, "", format!("{first} is set already: use one")));
+                }
+            }
+            c.set(k, v.trim())?;
         }
         if c.heartbeat_timeout <= c.heartbeat_interval {
             return Err(invalid(
@@ -385,6 +411,19 @@ impl Config {
                 self.product = v.into()
             }
             "zk_session_timeout" => self.zk_session_timeout = seconds(k, v)?,
+            // Errors show the value with its password hidden.
+            "zk_auth" => {
+                self.zk_auth = match v {
+                    "" => None,
+                    _ => Some(ZkAuth::parse(v).map_err(|e| invalid(k, &hide_password(v), e))?),
+                }
+            }
+            "zk_auth_file" => {
+                self.zk_auth = match v {
+                    "" => None,
+                    _ => Some(ZkAuth::read_file(Path::new(v)).map_err(|e| invalid(k, v, e))?),
+                }
+            }
             "verbose" => self.verbose = flag(k, v)?,
             "service" => self.service = opt(v),
             "front_host" => self.front_host = opt(v),
@@ -676,6 +715,52 @@ mod tests {
             let e = Config::parse(bad).unwrap_err().to_string();
             assert!(e.contains(bad.split('=').next().unwrap()), "{e}");
         }
+    }
+
+    #[test]
+    fn zk_auth_keys_and_their_errors_hide_the_password() {
+        assert!(Config::parse("").unwrap().zk_auth.is_none());
+        let c = Config::parse("zk_auth = digest:echo:pw-secret\n").unwrap();
+        let auth = c.zk_auth.as_ref().unwrap();
+        assert_eq!(
+            (auth.user(), auth.credentials()),
+            ("echo", &b"echo:pw-secret"[..])
+        );
+        assert!(
+            !format!("{c:?}").contains("pw-secret"),
+            "Debug of the config"
+        );
+        assert!(Config::parse("zk_auth=").unwrap().zk_auth.is_none());
+        for bad in [
+            "zk_auth = sasl:echo:pw-secret",
+            "zk_auth = digest:echo",
+            "zk_auth = digest::pw-secret",
+            "zk_auth = echo:pw-secret",
+        ] {
+            let e = Config::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("zk_auth") && !e.contains("pw-secret"),
+                "{bad}: {e}"
+            );
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("zk.auth");
+        std::fs::write(&file, "digest:echo:pw-secret\n").unwrap();
+        let key = format!("zk_auth_file = {}", file.display());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Config::parse(&key).unwrap_err().to_string();
+        assert!(e.contains("zk_auth_file") && e.contains("chmod 600"), "{e}");
+        assert!(!e.contains("pw-secret"), "{e}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::parse(&key).unwrap();
+        assert_eq!(c.zk_auth.unwrap().to_string(), "digest:echo");
+
+        // One identity: both keys at once is a mistake.
+        let both = format!("zk_auth = digest:echo:pw-secret\n{key}");
+        let e = Config::parse(&both).unwrap_err().to_string();
+        assert!(e.contains("zk_auth") && !e.contains("pw-secret"), "{e}");
     }
 
     #[test]
