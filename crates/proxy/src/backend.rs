@@ -7,6 +7,17 @@
 //! ([`ReplyTo`]). The task also heartbeats the
 //! endpoint, declares the connection dead when the echo stops, and
 //! reconnects with capped backoff for as long as the endpoint is wanted.
+//!
+//! Liveness, for peers that stall with their socket open (a stopped
+//! process, a silent link):
+//! - a connection carries calls only once the endpoint has answered a
+//!   heartbeat on it (`Connecting` until then), so a peer whose kernel
+//!   still accepts connections gets no calls after each reconnect;
+//! - a heartbeat interval with a heartbeat unanswered and nothing else
+//!   heard makes the connection `Suspect`: no new calls go to it, those
+//!   in flight wait; anything heard makes it `Up` again;
+//! - `heartbeat_timeout` after the last frame heard (to the wake-up, not
+//!   the next tick) the connection is lost and its calls in flight fail.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -60,11 +71,14 @@ impl ReplyTo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum State {
+    /// Connecting, or connected and waiting for the first heartbeat echo.
     Connecting = 0,
     Up = 1,
     Down = 2,
     Draining = 3,
     Closed = 4,
+    /// Connected, but a heartbeat went unanswered: no new calls.
+    Suspect = 5,
 }
 
 /// Settings a backend connection needs, copied out of the config.
@@ -127,6 +141,7 @@ impl Backend {
             1 => State::Up,
             2 => State::Down,
             3 => State::Draining,
+            5 => State::Suspect,
             _ => State::Closed,
         }
     }
@@ -154,6 +169,12 @@ impl Backend {
         if !self.is_up() {
             return Err(job);
         }
+        self.hold(job)
+    }
+
+    /// Queues the job whatever the connection's state: written once the
+    /// connection takes calls, turned away (`NotSent`) if it is lost first.
+    pub fn hold(&self, job: Job) -> Result<(), Job> {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
         self.tx.try_send(job).map_err(|e| {
             self.outstanding.fetch_sub(1, Ordering::Relaxed);
@@ -232,8 +253,7 @@ async fn run(
         match connected {
             Ok(Ok(stream)) => {
                 tracing::info!(service = %b.service, endpoint = %b.address, "backend connected");
-                backoff = Duration::from_secs(1);
-                b.set_state(State::Up);
+                // Up once the endpoint echoes the first heartbeat.
                 let mut hop = BackendConn::new(&b, &mut rx, &s);
                 let mut stop = drain.clone();
                 let drained = async move {
@@ -246,6 +266,9 @@ async fn run(
                     End::Lost(cause) => Some(cause),
                 };
                 hop.fail_all(lost.clone().unwrap_or(Lost::Removed));
+                if hop.answered_once {
+                    backoff = Duration::from_secs(1);
+                }
                 if lost.is_some() {
                     b.set_state(State::Down);
                 }
@@ -305,6 +328,16 @@ struct Heard {
     replies: bool,
 }
 
+/// Where the connection stands with its endpoint.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    /// Nothing heard yet: no calls until the first echo.
+    Probing,
+    Up,
+    /// A heartbeat interval without an answer: no new calls.
+    Suspect,
+}
+
 /// One connection to the endpoint, as a hop of the engine: jobs from
 /// client connections are its events; replies, its messages; heartbeats
 /// and the drain deadline, its timer.
@@ -314,7 +347,12 @@ struct BackendConn<'a> {
     s: &'a BackendSettings,
     pending: SeqTable<Pending>,
     heard: Heard,
-    last_echo: Instant,
+    /// When the last frame came (the wake-up's clock).
+    last_heard: Instant,
+    liveness: Liveness,
+    /// The endpoint answered on this connection (so the reconnect backoff
+    /// starts over when it is lost).
+    answered_once: bool,
     next_tick: Instant,
     /// Requests were waiting at the last tick (and so, if no reply came
     /// since, have waited at least a whole interval).
@@ -332,8 +370,11 @@ impl<'a> BackendConn<'a> {
             s,
             pending: SeqTable::new(),
             heard: Heard::default(),
-            last_echo: now,
-            next_tick: now + s.heartbeat_interval,
+            last_heard: now,
+            liveness: Liveness::Probing,
+            answered_once: false,
+            // The first heartbeat goes at once: it admits the connection.
+            next_tick: now,
             waiting_at_tick: false,
             drain_deadline: None,
         }
@@ -349,11 +390,37 @@ impl<'a> BackendConn<'a> {
         }
     }
 
-    /// The heartbeat tick: liveness is sampled once per tick (not a clock
-    /// read per reply); anything heard since the last tick counts.
+    /// Something came from the endpoint at `now`.
+    fn heard(&mut self, now: Instant) {
+        self.heard.anything = true;
+        self.last_heard = now;
+        if self.liveness != Liveness::Up {
+            if self.liveness == Liveness::Suspect {
+                tracing::info!(service = %self.b.service, endpoint = %self.b.address, "backend answers again");
+            }
+            self.liveness = Liveness::Up;
+            self.answered_once = true;
+            // Unless the endpoint left the registry meanwhile.
+            if self.drain_deadline.is_none() {
+                self.b.set_state(State::Up);
+            }
+        }
+    }
+
+    /// The heartbeat tick: anything heard since the last tick counts.
     fn tick(&mut self, now: Instant, cx: &mut Cx<'_>) -> Flow {
+        let first = self.next_tick == self.last_heard && self.liveness == Liveness::Probing;
         self.next_tick = now + self.s.heartbeat_interval;
         let since_tick = std::mem::take(&mut self.heard);
+        if !since_tick.anything && !first && self.liveness == Liveness::Up {
+            // The heartbeat sent a tick ago is unanswered, and nothing
+            // else came: new calls go elsewhere until something does.
+            tracing::warn!(service = %self.b.service, endpoint = %self.b.address, "backend missed a heartbeat: no new calls until it answers");
+            self.liveness = Liveness::Suspect;
+            if self.drain_deadline.is_none() {
+                self.b.set_state(State::Suspect);
+            }
+        }
         if !since_tick.replies && self.waiting_at_tick && !self.pending.is_empty() {
             // No reply for a whole interval while requests wait: the
             // endpoint is at least that slow, before any reply says so.
@@ -361,15 +428,13 @@ impl<'a> BackendConn<'a> {
             self.b.latency.observe(interval, nanos(now));
         }
         self.waiting_at_tick = !self.pending.is_empty();
-        if since_tick.anything {
-            self.last_echo = now;
-        }
-        let silent = now.saturating_duration_since(self.last_echo);
-        if silent > self.s.heartbeat_timeout {
-            return Flow::End(Lost::Silent(silent));
-        }
         cx.send(heartbeat(0).freeze());
         Flow::Continue
+    }
+
+    /// When silence makes the connection lost.
+    fn silent_until(&self) -> Instant {
+        self.last_heard + self.s.heartbeat_timeout
     }
 }
 
@@ -387,7 +452,9 @@ impl Hop for BackendConn<'_> {
     }
 
     fn wants_events(&self) -> bool {
-        self.drain_deadline.is_none() && self.pending.len() < self.s.max_inflight
+        self.drain_deadline.is_none()
+            && self.liveness != Liveness::Probing
+            && self.pending.len() < self.s.max_inflight
     }
 
     /// A job: this connection's seqid, then into the write batch.
@@ -404,10 +471,10 @@ impl Hop for BackendConn<'_> {
     }
 
     fn on_message(&mut self, mut msg: Message, cx: &mut Cx<'_>) -> Flow {
+        self.heard(cx.now());
         match msg.kind() {
-            MessageType::Heartbeat => self.heard.anything = true,
+            MessageType::Heartbeat => {}
             MessageType::Reply | MessageType::Exception => {
-                self.heard.anything = true;
                 self.heard.replies = true;
                 match self.pending.restore(&mut msg) {
                     Some(p) => {
@@ -433,9 +500,10 @@ impl Hop for BackendConn<'_> {
     }
 
     fn deadline(&self) -> Option<Instant> {
+        let next = self.next_tick.min(self.silent_until());
         Some(match self.drain_deadline {
-            Some(d) => d.min(self.next_tick),
-            None => self.next_tick,
+            Some(d) => d.min(next),
+            None => next,
         })
     }
 
@@ -443,6 +511,9 @@ impl Hop for BackendConn<'_> {
         let now = cx.now();
         if self.drain_deadline.is_some_and(|d| d <= now) {
             return Flow::End(Lost::Removed);
+        }
+        if self.silent_until() <= now {
+            return Flow::End(Lost::Silent(now - self.last_heard));
         }
         if self.next_tick <= now {
             return self.tick(now, cx);

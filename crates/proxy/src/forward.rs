@@ -56,7 +56,12 @@ pub fn dispatch<'r>(
         }
         Err(Offer::NoneUp(job) | Offer::Refused(job)) => job,
     };
-    if pool.endpoints().any(|b| b.state() == State::Connecting) {
+    // Worth a short wait: a connection being admitted, or one that missed
+    // a heartbeat and may answer again.
+    if pool
+        .endpoints()
+        .any(|b| matches!(b.state(), State::Connecting | State::Suspect))
+    {
         return Err(Refused::Connecting(job));
     }
     Err(Refused::NoEndpoint)
@@ -121,6 +126,17 @@ pub fn oneway(routes: &Routes, mut msg: Message) -> Result<&Arc<Backend>, Droppe
         },
         Err(Offer::Refused(job)) => job,
     };
+    // Nothing to wait on for a oneway: a connection still being admitted
+    // (or suspect) holds it and writes it once the endpoint answers.
+    let mut job = job;
+    for b in pool.endpoints() {
+        if matches!(b.state(), State::Connecting | State::Suspect) {
+            match b.hold(job) {
+                Ok(()) => return Ok(b),
+                Err(back) => job = back,
+            }
+        }
+    }
     let name = String::from_utf8_lossy(job.msg.name());
     tracing::warn!(method = %name, "oneway call dropped: no live endpoint");
     Err(Dropped::NoEndpoint)
