@@ -87,6 +87,12 @@ if [ -x go/test.sh ]; then
     suite go sh go/test.sh
 fi
 
+# The Java SDK, built offline from Debian's packages, against a throwaway
+# ZooKeeper and the real rpc-proxy.
+if [ -x java/test.sh ]; then
+    suite java bash java/test.sh
+fi
+
 # The Debian package, built, installed, run as its units would and removed
 # (it needs root: it installs a package and creates a user).
 if [ "$(id -u)" = 0 ] && command -v dpkg >/dev/null; then
