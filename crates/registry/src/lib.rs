@@ -4,6 +4,33 @@
 //! [`local`] (a directory of endpoint files) as the single-machine default.
 //! Both pass the same conformance suite (`tests/conformance.rs`).
 //! Operators' drain marks ([`drain`]) are read with the endpoints.
+//!
+//! # Product isolation
+//!
+//! A registry is scoped to one product and reads only that product's
+//! subtree (`/zk/product/{product}/services`, `{dir}/{product}/services`).
+//! A proxy of a product that is not `online…` must never route to an
+//! `online…` product's endpoint, whatever the registry holds. What the
+//! registry can hold beyond the layout, and what is done about it:
+//!
+//! - an endpoint node (or file) copied from another product's subtree:
+//!   both backends write the product into every record they publish
+//!   (`"product": "online_x"`; readers of the original ignore unknown
+//!   fields), and readers drop, with a warning, a record that names a
+//!   product other than the one read ([`product_matches`]). The rule is
+//!   strict equality, so it holds between any two products, `online…` or
+//!   not;
+//! - a link into another product (embedded backend): the product and
+//!   `services` directories must be real directories and endpoint files
+//!   regular files; symbolic links are not followed. ZooKeeper has no
+//!   links;
+//! - writes by others: with `zk_auth`, only the identity that created a
+//!   service's node can add, rewrite or remove its endpoints ([`zk`]).
+//!
+//! Left out: a record without a `product` (written by another SDK or by
+//! hand) is taken as the subtree's, since nothing in it says otherwise;
+//! telling it apart from an online endpoint would need every proxy to
+//! read and watch every `online…` product.
 
 pub mod drain;
 mod endpoint;
@@ -115,11 +142,52 @@ impl Drop for Registration {
     }
 }
 
-/// Opens the registry a configuration names (`zk` key), for its product.
+/// Whether an endpoint record read under `product`'s subtree may be used:
+/// it names no product, or that one.
+pub fn product_matches(named: Option<&str>, product: &str) -> bool {
+    named.is_none_or(|p| p == product)
+}
+
+/// The SPEC §6 JSON of `endpoint` with the product it is registered under.
+pub(crate) fn record_with_product(endpoint: &Endpoint, product: &str) -> Vec<u8> {
+    let mut json = serde_json::to_value(endpoint).expect("endpoint serializes");
+    json["product"] = serde_json::Value::from(product);
+    serde_json::to_vec(&json).expect("endpoint serializes")
+}
+
+/// An endpoint record read under `product`'s subtree; an error for a
+/// malformed record and for one that names another product.
+pub(crate) fn parse_record(bytes: &[u8], product: &str) -> Result<Endpoint, String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        #[serde(default)]
+        product: Option<String>,
+    }
+    let endpoint: Endpoint = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let named = serde_json::from_slice::<Named>(bytes)
+        .map_err(|e| e.to_string())?
+        .product;
+    match product_matches(named.as_deref(), product) {
+        true => Ok(endpoint),
+        false => Err(format!(
+            "it names product {:?}, not {product:?}: copied from another product?",
+            named.unwrap_or_default()
+        )),
+    }
+}
+
+/// Opens the registry a configuration names (`zk` key), for its product,
+/// with its ZooKeeper credentials (`zk_auth`) if any.
 pub async fn open(config: &Config) -> Result<Arc<dyn Registry>, RegistryError> {
     match &config.registry {
         RegistrySpec::ZooKeeper(hosts) => Ok(Arc::new(
-            zk::ZkRegistry::connect(hosts, &config.product, config.zk_session_timeout).await?,
+            zk::ZkRegistry::connect_as(
+                hosts,
+                &config.product,
+                config.zk_session_timeout,
+                config.zk_auth.as_ref(),
+            )
+            .await?,
         )),
         RegistrySpec::Local(dir) => Ok(Arc::new(local::LocalRegistry::open(dir, &config.product)?)),
     }

@@ -10,6 +10,12 @@
 //! changed), which works on every filesystem and needs no server. Drain
 //! marks are files too, `{dir}/{product}/drain/{service}/{service_id}.json`
 //! (see [`crate::drain`]), read by the same poll.
+//!
+//! Product isolation (see the crate's documentation): records carry their
+//! product, and neither the product's directory, its `services` directory
+//! nor an endpoint file may be a symbolic link (a link would read another
+//! product's entries as this one's); service directories that are links
+//! are skipped.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +35,7 @@ pub const POLL: Duration = Duration::from_millis(100);
 
 pub struct LocalRegistry {
     base: PathBuf,
+    product: String,
     services: OnceCell<watch::Receiver<Arc<ServiceMap>>>,
 }
 
@@ -37,6 +44,9 @@ pub struct LocalRegistry {
 struct Record {
     #[serde(flatten)]
     endpoint: Endpoint,
+    /// The product it is registered under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    product: Option<String>,
     #[serde(flatten)]
     owner: Owner,
 }
@@ -92,8 +102,10 @@ impl LocalRegistry {
             path: base.display().to_string(),
             source,
         })?;
+        check_no_links(&base)?;
         Ok(LocalRegistry {
             base,
+            product: product.to_string(),
             services: OnceCell::new(),
         })
     }
@@ -111,6 +123,7 @@ impl Registry for LocalRegistry {
         let path = dir.join(format!("{}.json", endpoint.service_id));
         let record = Record {
             endpoint,
+            product: Some(self.product.clone()),
             owner: Owner::this_process(),
         };
         let data = serde_json::to_vec_pretty(&record).expect("record serializes");
@@ -157,7 +170,7 @@ impl Registry for LocalRegistry {
         let rx = self
             .services
             .get_or_try_init(|| async {
-                let mut scanner = Scanner::new(self.base.clone());
+                let mut scanner = Scanner::new(self.base.clone(), &self.product);
                 let first = scanner.scan()?;
                 let (tx, rx) = watch::channel(Arc::new(first));
                 tokio::spawn(async move {
@@ -213,6 +226,8 @@ pub fn products(dir: &Path) -> Result<Vec<String>, RegistryError> {
     };
     let mut products: Vec<String> = entries
         .flatten()
+        // A linked product would be another's entries under a second name.
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter(|e| e.path().join("services").is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
@@ -230,7 +245,7 @@ pub fn read_product(dir: &Path, product: &str) -> Result<ServiceMap, RegistryErr
     if !base.is_dir() {
         return Ok(ServiceMap::new());
     }
-    let mut scanner = Scanner::new(base.clone());
+    let mut scanner = Scanner::new(base.clone(), product);
     let mut map = scanner.scan()?;
     for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -339,9 +354,26 @@ fn read_record(path: &Path) -> std::io::Result<Option<Record>> {
 /// A parsed file (None if malformed) and the (mtime, size) it was read at.
 type Cached = (SystemTime, u64, Option<(Endpoint, Option<Owner>)>);
 
+/// Refuses a product whose directory or `services` directory (`base`) is
+/// a symbolic link: it would show another product's entries as this one's.
+fn check_no_links(base: &Path) -> Result<(), RegistryError> {
+    for dir in [base.parent().expect("{dir}/{product}"), base] {
+        if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(RegistryError::Local {
+                path: dir.display().to_string(),
+                source: std::io::Error::other(
+                    "is a symbolic link; a product's entries must be its own",
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Reads the tree, re-parsing only files whose mtime or size changed.
 struct Scanner {
     base: PathBuf,
+    product: String,
     /// `{dir}/{product}/drain`, beside `base`: only names are read there.
     drains: PathBuf,
     cache: HashMap<PathBuf, Cached>,
@@ -349,10 +381,11 @@ struct Scanner {
 
 impl Scanner {
     /// A scanner of `base`, `{dir}/{product}/services`.
-    fn new(base: PathBuf) -> Scanner {
+    fn new(base: PathBuf, product: &str) -> Scanner {
         let drains = base.with_file_name("drain");
         Scanner {
             base,
+            product: product.to_string(),
             drains,
             cache: HashMap::new(),
         }
@@ -363,6 +396,7 @@ impl Scanner {
             let path = path.display().to_string();
             move |source| RegistryError::Local { path, source }
         };
+        check_no_links(&self.base)?;
         let mut map = ServiceMap::new();
         let mut seen = HashMap::new();
         for service in std::fs::read_dir(&self.base).map_err(err(&self.base))? {
@@ -381,14 +415,18 @@ impl Scanner {
                 {
                     continue;
                 }
+                // Not following links (the metadata is the entry's own).
                 let Ok(meta) = file.metadata() else { continue };
+                if !meta.is_file() {
+                    continue;
+                }
                 let stamp = (
                     meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                     meta.len(),
                 );
                 let parsed = match self.cache.remove(&path) {
                     Some((t, l, p)) if (t, l) == stamp => p,
-                    _ => parse_entry(&path),
+                    _ => parse_entry(&path, &self.product),
                 };
                 if let Some((ep, owner)) = &parsed {
                     if owner.is_some_and(|o| !o.is_alive()) {
@@ -416,13 +454,14 @@ impl Scanner {
 }
 
 /// An endpoint and its owner; records written by hand (no owner) are kept
-/// until removed. Malformed files are ignored with a warning.
-fn parse_entry(path: &Path) -> Option<(Endpoint, Option<Owner>)> {
+/// until removed. Malformed files and records naming another product than
+/// `product` are ignored with a warning.
+fn parse_entry(path: &Path, product: &str) -> Option<(Endpoint, Option<Owner>)> {
     let bytes = std::fs::read(path).ok()?;
-    let endpoint: Endpoint = match serde_json::from_slice(&bytes) {
+    let endpoint = match crate::parse_record(&bytes, product) {
         Ok(e) => e,
         Err(e) => {
-            warn!(path = %path.display(), error = %e, "ignoring a malformed endpoint record");
+            warn!(path = %path.display(), error = %e, "ignoring an endpoint record");
             return None;
         }
     };
@@ -479,6 +518,7 @@ mod tests {
         std::fs::create_dir_all(&services).unwrap();
         let dead = Record {
             endpoint: ep("echo", 7001),
+            product: None,
             // Above the kernel's largest pid (2^22): nobody's.
             owner: Owner {
                 pid: i32::MAX as u32,

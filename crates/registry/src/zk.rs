@@ -9,19 +9,158 @@
 //! last published map untouched, so a ZooKeeper outage never empties a
 //! proxy's routing table. The watcher also follows the product's drain
 //! marks (`/zk/product/{product}/drain`, see [`crate::drain`]).
+//!
+//! # Credentials and ACLs
+//!
+//! Without credentials every node is created open to all
+//! (`world:anyone` with all permissions), as the original did. With a
+//! [`ZkAuth`] (`zk_auth`), every session authenticates with it (again
+//! after each new session) and the nodes it creates get:
+//!
+//! | node | ACL |
+//! |---|---|
+//! | shared parents: `/zk`, `/zk/product`, `/zk/product/{product}`, its `services` and `drain` | `world:anyone` read + create |
+//! | a service's node, `…/services/{service}` (and `…/drain/{service}`) | its creator's identity all, `world:anyone` read |
+//! | an endpoint (and a drain mark) | its creator's identity all, `world:anyone` read |
+//!
+//! ZooKeeper checks a delete against the *parent's* ACL and a write
+//! against the node's own, so: anyone can read everything (a proxy
+//! without credentials routes as before); anyone may add a new service
+//! under a product, but nobody can remove or re-permission the shared
+//! parents; only the identity that created a service's node may add,
+//! replace or remove that service's endpoints, and only it may rewrite
+//! them. Two services registering under one product with different
+//! identities each own their service's node: neither can touch the other's
+//! endpoints. One service is one identity: a registrant whose service node
+//! belongs to another identity gets a clear error. Nodes that already exist
+//! keep their ACL (nothing is re-permissioned): a service node created
+//! without credentials lets anyone remove its endpoints, which a
+//! registrant with credentials warns about (an operator fixes it with
+//! `setAcl`, or removes the empty node so that it is created anew).
+//!
+//! # Product isolation
+//!
+//! A reader only lists `/zk/product/{product}/services`. Beyond the path,
+//! the registry writes the product into each endpoint record it publishes
+//! (`"product"`, a field readers of the original ignore), and readers drop
+//! a record that names another product: a node copied from one product's
+//! subtree into another's (a proxy of `test` handed an `online…` endpoint)
+//! is not routed to. Records that name no product (other SDKs) are read as
+//! before; see [`crate::product_matches`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{join_all, select_all};
+use rpc_config::ZkAuth;
 use tokio::sync::{oneshot, watch, OnceCell};
 use tracing::{debug, info, warn};
 use zookeeper_client::{
-    Acls, Client, CreateMode, Error as ZkError, MultiWriteError, SessionId, SessionState,
+    Acl, Acls, AuthId, Client, CreateMode, CreateOptions, Error as ZkError, MultiWriteError,
+    Permission, SessionId, SessionState,
 };
 
 use crate::drain::{self, DrainMark, DrainSet};
 use crate::{Endpoint, Registration, Registry, RegistryError, ServiceMap};
+
+/// The ACLs of the nodes a client creates, by its credentials (see the
+/// module's documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// No credentials: everything open to all, as the original.
+    Open,
+    /// Authenticated: shared parents read + create for all; the rest the
+    /// creator's, readable by all.
+    Owned,
+}
+
+static SHARED: std::sync::LazyLock<[Acl; 1]> = std::sync::LazyLock::new(|| {
+    [Acl::new(
+        Permission::READ | Permission::CREATE,
+        AuthId::anyone(),
+    )]
+});
+static OWNED: std::sync::LazyLock<[Acl; 2]> = std::sync::LazyLock::new(|| {
+    [
+        // `auth`: every identity the creating session authenticated as.
+        Acl::new(Permission::ALL, AuthId::authed()),
+        Acl::new(Permission::READ, AuthId::anyone()),
+    ]
+});
+
+impl Access {
+    fn of(auth: Option<&ZkAuth>) -> Access {
+        match auth {
+            Some(_) => Access::Owned,
+            None => Access::Open,
+        }
+    }
+
+    /// Persistent parents every registrant of every service shares.
+    fn shared(self) -> CreateOptions<'static> {
+        match self {
+            Access::Open => CreateMode::Persistent.with_acls(Acls::anyone_all()),
+            Access::Owned => CreateMode::Persistent.with_acls(Acls::new(&*SHARED)),
+        }
+    }
+
+    /// A node of one identity (`mode`: a service's node, an endpoint, a
+    /// drain mark).
+    fn owned(self, mode: CreateMode) -> CreateOptions<'static> {
+        match self {
+            Access::Open => mode.with_acls(Acls::anyone_all()),
+            Access::Owned => mode.with_acls(Acls::new(&*OWNED)),
+        }
+    }
+}
+
+/// The parent of an absolute path.
+fn parent(path: &str) -> &str {
+    &path[..path.rfind('/').expect("absolute path")]
+}
+
+/// Creates `path`'s ancestors up to and including `shared` (with the
+/// shared ACL) and then the node `path` itself, persistent and owned, if
+/// missing. `path` is `shared`'s child. With credentials, warns when an
+/// existing `path` lets anyone delete its children: what is registered
+/// under it is then not protected.
+async fn ensure_owned_dir(
+    client: &Client,
+    access: Access,
+    shared: &str,
+    path: &str,
+) -> Result<(), ZkError> {
+    debug_assert_eq!(parent(path), shared);
+    client.mkdir(shared, &access.shared()).await?;
+    match client
+        .create(path, &[], &access.owned(CreateMode::Persistent))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(ZkError::NodeExists) => {
+            if access == Access::Owned {
+                let (acls, _) = client.get_acl(path).await?;
+                let open = acls.iter().any(|a| {
+                    a.auth_id() == &AuthId::anyone() && a.permission().has(Permission::DELETE)
+                });
+                if open {
+                    warn!(
+                        path,
+                        "this node lets anyone delete its children (it was created without \
+                         credentials): what is registered under it is not protected; \
+                         restrict it with setAcl"
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The client library, for tests and tools that look at the tree
+/// directly ([`ZkRegistry::client`]).
+pub use zookeeper_client;
 
 /// Pause between retries of a failed ZooKeeper operation.
 const RETRY: Duration = Duration::from_millis(200);
@@ -34,9 +173,10 @@ struct Inner {
     hosts: String,
     /// `/zk/product/{product}/services`
     base: String,
-    /// `/zk/product/{product}/drain`
-    drains: String,
     session_timeout: Duration,
+    /// The product this registry reads and registers in.
+    product: String,
+    access: Access,
     /// The current session's client; replaced after an expiry.
     client: watch::Receiver<Client>,
     services: OnceCell<watch::Receiver<Arc<ServiceMap>>>,
@@ -50,18 +190,40 @@ impl ZkRegistry {
         product: &str,
         session_timeout: Duration,
     ) -> Result<Self, RegistryError> {
-        let client = new_session(hosts, session_timeout)
+        Self::connect_as(hosts, product, session_timeout, None).await
+    }
+
+    /// [`ZkRegistry::connect`] authenticated as `auth` (`zk_auth`): the
+    /// nodes it creates get the ACLs the module's documentation lists.
+    pub async fn connect_as(
+        hosts: &str,
+        product: &str,
+        session_timeout: Duration,
+        auth: Option<&ZkAuth>,
+    ) -> Result<Self, RegistryError> {
+        let client = new_session(hosts, session_timeout, auth)
             .await
             .map_err(|e| RegistryError::ZooKeeper(format!("connect to {hosts}: {e}")))?;
-        info!(hosts, session = %client.session_id(), "connected to ZooKeeper");
+        match auth {
+            Some(auth) => {
+                info!(hosts, session = %client.session_id(), %auth, "connected to ZooKeeper")
+            }
+            None => info!(hosts, session = %client.session_id(), "connected to ZooKeeper"),
+        }
         let (tx, rx) = watch::channel(client);
-        tokio::spawn(supervise(hosts.to_string(), session_timeout, tx));
+        tokio::spawn(supervise(
+            hosts.to_string(),
+            session_timeout,
+            auth.cloned(),
+            tx,
+        ));
         Ok(ZkRegistry {
             inner: Arc::new(Inner {
                 hosts: hosts.to_string(),
-                base: format!("/zk/product/{product}/services"),
-                drains: drain_root(product),
+                base: services_root(product),
                 session_timeout,
+                product: product.to_string(),
+                access: Access::of(auth),
                 client: rx,
                 services: OnceCell::new(),
             }),
@@ -83,18 +245,31 @@ impl ZkRegistry {
     }
 }
 
-async fn new_session(hosts: &str, session_timeout: Duration) -> Result<Client, ZkError> {
-    Client::connector()
+/// A new session, authenticated as `auth` if given (the client library
+/// sends it again after every reconnection within the session).
+async fn new_session(
+    hosts: &str,
+    session_timeout: Duration,
+    auth: Option<&ZkAuth>,
+) -> Result<Client, ZkError> {
+    let mut connector = Client::connector()
         .with_session_timeout(session_timeout)
-        .with_connection_timeout(Duration::from_secs(1).min(session_timeout))
-        .connect(hosts)
-        .await
+        .with_connection_timeout(Duration::from_secs(1).min(session_timeout));
+    if let Some(auth) = auth {
+        connector = connector.with_auth(ZkAuth::SCHEME, auth.credentials());
+    }
+    connector.connect(hosts).await
 }
 
 /// Keeps one live session published in `tx`; opens a new one after expiry.
 /// The session lives as long as anyone uses it: the registry, a
 /// registration or a watcher (each holds a receiver).
-async fn supervise(hosts: String, session_timeout: Duration, tx: watch::Sender<Client>) {
+async fn supervise(
+    hosts: String,
+    session_timeout: Duration,
+    auth: Option<ZkAuth>,
+    tx: watch::Sender<Client>,
+) {
     let stop = tx.closed();
     tokio::pin!(stop);
     loop {
@@ -119,7 +294,7 @@ async fn supervise(hosts: String, session_timeout: Duration, tx: watch::Sender<C
         let client = loop {
             let attempt = tokio::select! {
                 _ = &mut stop => return,
-                c = new_session(&hosts, session_timeout) => c,
+                c = new_session(&hosts, session_timeout, auth.as_ref()) => c,
             };
             match attempt {
                 Ok(c) => break c,
@@ -146,11 +321,12 @@ impl Registry for ZkRegistry {
             "{}/{}/{}",
             self.inner.base, endpoint.service, endpoint.service_id
         );
-        let data = serde_json::to_vec(&endpoint).expect("endpoint serializes");
+        let data = crate::record_with_product(&endpoint, &self.inner.product);
         let (stop_tx, stop_rx) = oneshot::channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = tokio::spawn(keep_registered(
             self.inner.client.clone(),
+            self.inner.access,
             path.clone(),
             data,
             ready_tx,
@@ -160,7 +336,8 @@ impl Registry for ZkRegistry {
         // than hanging; once registered it survives outages.
         let wait = self.inner.session_timeout.max(Duration::from_secs(5)) * 2;
         match tokio::time::timeout(wait, ready_rx).await {
-            Ok(Ok(())) => Ok(Registration::new(stop_tx, task)),
+            Ok(Ok(Ok(()))) => Ok(Registration::new(stop_tx, task)),
+            Ok(Ok(Err(refused))) => Err(RegistryError::ZooKeeper(refused)),
             _ => {
                 task.abort();
                 Err(RegistryError::ZooKeeper(format!(
@@ -179,8 +356,8 @@ impl Registry for ZkRegistry {
                 let (ready_tx, ready_rx) = oneshot::channel();
                 tokio::spawn(watch_services(
                     inner.client.clone(),
-                    inner.base.clone(),
-                    inner.drains.clone(),
+                    inner.product.clone(),
+                    inner.access,
                     inner.session_timeout,
                     tx,
                     ready_tx,
@@ -195,21 +372,26 @@ impl Registry for ZkRegistry {
 
 /// Publishes the node under every session until stopped, then deletes it
 /// (only if it is still ours: a newer registrant may have replaced it).
+///
+/// A first attempt that ZooKeeper refuses for lack of permission (the
+/// service's node belongs to another identity) fails the registration at
+/// once, through `ready`, rather than retrying.
 async fn keep_registered(
     mut clients: watch::Receiver<Client>,
+    access: Access,
     path: String,
     data: Vec<u8>,
-    ready: oneshot::Sender<()>,
+    ready: oneshot::Sender<Result<(), String>>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut ready = Some(ready);
     loop {
         let client = clients.borrow_and_update().clone();
-        match publish(&client, &path, &data).await {
+        match publish(&client, access, &path, &data).await {
             Ok(()) => {
                 info!(path, session = %client.session_id(), "registered");
                 if let Some(r) = ready.take() {
-                    let _ = r.send(());
+                    let _ = r.send(Ok(()));
                 }
                 tokio::select! {
                     _ = &mut stop => {
@@ -223,8 +405,22 @@ async fn keep_registered(
                     }
                 }
             }
+            Err(ZkError::NoAuth) if ready.is_some() => {
+                let refused = format!(
+                    "not allowed to register {path}: its service's node belongs to another \
+                     ZooKeeper identity (zk_auth), or was created by one while this registrant \
+                     has none"
+                );
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(refused));
+                }
+                return;
+            }
             Err(e) => {
-                debug!(path, error = %e, "register failed; retrying");
+                match e {
+                    ZkError::NoAuth => warn!(path, "register refused (NoAuth); retrying"),
+                    _ => debug!(path, error = %e, "register failed; retrying"),
+                }
                 tokio::select! {
                     _ = &mut stop => return,
                     _ = tokio::time::sleep(RETRY) => {}
@@ -234,15 +430,10 @@ async fn keep_registered(
     }
 }
 
-async fn publish(client: &Client, path: &str, data: &[u8]) -> Result<(), ZkError> {
-    let parent = &path[..path.rfind('/').expect("absolute path")];
-    client
-        .mkdir(
-            parent,
-            &CreateMode::Persistent.with_acls(Acls::anyone_all()),
-        )
-        .await?;
-    let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+async fn publish(client: &Client, access: Access, path: &str, data: &[u8]) -> Result<(), ZkError> {
+    let service = parent(path);
+    ensure_owned_dir(client, access, parent(service), service).await?;
+    let ephemeral = access.owned(CreateMode::Ephemeral);
     for _ in 0..3 {
         match client.check_stat(path).await? {
             // Already ours (a retry after a lost reply): nothing to do.
@@ -297,17 +488,22 @@ async fn unpublish(client: &Client, path: &str) {
 /// live services are not dropped for the moment they take to come back.
 async fn watch_services(
     mut clients: watch::Receiver<Client>,
-    base: String,
-    drains: String,
+    product: String,
+    access: Access,
     timeout: Duration,
     tx: watch::Sender<Arc<ServiceMap>>,
     ready: oneshot::Sender<()>,
 ) {
+    let (base, drains) = (services_root(&product), drain_root(&product));
     let mut ready = Some(ready);
     let mut settle_until: Option<tokio::time::Instant> = None;
     loop {
         let client = clients.borrow_and_update().clone();
-        let read = tokio::time::timeout(timeout, read_tree(&client, &base, &drains)).await;
+        let read = tokio::time::timeout(
+            timeout,
+            read_tree(&client, access, &base, &drains, &product),
+        )
+        .await;
         match read {
             Ok(Ok((mut map, watchers))) => {
                 let settling = settle_until.is_some_and(|t| tokio::time::Instant::now() < t);
@@ -384,12 +580,12 @@ type Watchers = Vec<zookeeper_client::OneshotWatcher>;
 /// `drains` applied, and the watchers that fire on any change of either.
 async fn read_tree(
     client: &Client,
+    access: Access,
     base: &str,
     drains: &str,
+    product: &str,
 ) -> Result<(ServiceMap, Watchers), ZkError> {
-    client
-        .mkdir(base, &CreateMode::Persistent.with_acls(Acls::anyone_all()))
-        .await?;
+    client.mkdir(base, &access.shared()).await?;
     let (services, _, w) = client.get_and_watch_children(base).await?;
     let mut watchers = vec![w];
     let listed = join_all(services.iter().map(|s| async move {
@@ -407,7 +603,7 @@ async fn read_tree(
             continue;
         };
         watchers.push(w);
-        let endpoints = read_endpoints(client, &path, &ids).await?;
+        let endpoints = read_endpoints(client, &path, &ids, product).await?;
         if !endpoints.is_empty() {
             map.insert(service, endpoints);
         }
@@ -416,6 +612,11 @@ async fn read_tree(
     drain::mark(&mut map, &drained);
     watchers.extend(drain_watchers);
     Ok((map, watchers))
+}
+
+/// `/zk/product/{product}/services`.
+fn services_root(product: &str) -> String {
+    format!("/zk/product/{product}/services")
 }
 
 /// `/zk/product/{product}/drain`.
@@ -459,13 +660,14 @@ async fn watch_drains(client: &Client, root: &str) -> Result<(DrainSet, Watchers
     Ok((drained, watchers))
 }
 
-/// The records of the endpoint nodes `ids` under the service node `path`,
-/// sorted by `service_id`; nodes gone meanwhile and malformed records are
-/// left out.
+/// The records of the endpoint nodes `ids` under the service node `path`
+/// of `product`, sorted by `service_id`; nodes gone meanwhile, malformed
+/// records and records naming another product are left out.
 async fn read_endpoints(
     client: &Client,
     path: &str,
     ids: &[String],
+    product: &str,
 ) -> Result<Vec<Endpoint>, ZkError> {
     let records = join_all(ids.iter().map(|id| {
         let node = format!("{path}/{id}");
@@ -475,9 +677,9 @@ async fn read_endpoints(
     let mut endpoints = Vec::new();
     for (data, node) in records {
         match data {
-            Ok((bytes, _)) => match serde_json::from_slice::<Endpoint>(&bytes) {
+            Ok((bytes, _)) => match crate::parse_record(&bytes, product) {
                 Ok(ep) => endpoints.push(ep),
-                Err(e) => warn!(node, error = %e, "ignoring a malformed endpoint record"),
+                Err(e) => warn!(node, error = %e, "ignoring an endpoint record"),
             },
             Err(ZkError::NoNode) => {}
             Err(e) => return Err(e),
@@ -494,16 +696,31 @@ async fn read_endpoints(
 /// [`ZkReader::undrain`]), never under the services subtree.
 pub struct ZkReader {
     client: Client,
+    access: Access,
 }
 
 impl ZkReader {
     /// Connects to `hosts`; fails if no server answers within the session
     /// timeout.
     pub async fn connect(hosts: &str, session_timeout: Duration) -> Result<Self, RegistryError> {
-        let client = new_session(hosts, session_timeout)
+        Self::connect_as(hosts, session_timeout, None).await
+    }
+
+    /// [`ZkReader::connect`] authenticated as `auth`: the drain marks it
+    /// writes are then its identity's (see the module's documentation), and
+    /// it may remove marks that identity wrote.
+    pub async fn connect_as(
+        hosts: &str,
+        session_timeout: Duration,
+        auth: Option<&ZkAuth>,
+    ) -> Result<Self, RegistryError> {
+        let client = new_session(hosts, session_timeout, auth)
             .await
             .map_err(|e| RegistryError::ZooKeeper(format!("connect to {hosts}: {e}")))?;
-        Ok(ZkReader { client })
+        Ok(ZkReader {
+            client,
+            access: Access::of(auth),
+        })
     }
 
     /// The children of `/zk/product`, sorted; none while nothing was ever
@@ -519,12 +736,12 @@ impl ZkReader {
     /// without endpoints is kept (with none): an operator wants to see a
     /// service that lost them all.
     pub async fn services(&self, product: &str) -> Result<ServiceMap, RegistryError> {
-        let base = format!("/zk/product/{product}/services");
+        let base = services_root(product);
         let mut map = ServiceMap::new();
         for service in children(&self.client, &base).await? {
             let path = format!("{base}/{service}");
             let ids = children(&self.client, &path).await?;
-            let endpoints = read_endpoints(&self.client, &path, &ids)
+            let endpoints = read_endpoints(&self.client, &path, &ids, product)
                 .await
                 .map_err(|e| RegistryError::ZooKeeper(format!("read {path}: {e}")))?;
             map.insert(service, endpoints);
@@ -558,11 +775,13 @@ impl ZkReader {
     ) -> Result<bool, RegistryError> {
         drain::check_names(product, service, service_id)?;
         let path = format!("{}/{service}/{service_id}", drain_root(product));
-        let err = |e: ZkError| RegistryError::ZooKeeper(format!("create {path}: {e}"));
-        let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
-        let parent = &path[..path.rfind('/').expect("absolute path")];
-        self.client.mkdir(parent, &opts).await.map_err(err)?;
+        let err = |e: ZkError| RegistryError::ZooKeeper(format!("create {path}: {}", why(&e)));
+        let service = parent(&path);
+        ensure_owned_dir(&self.client, self.access, parent(service), service)
+            .await
+            .map_err(err)?;
         let data = serde_json::to_vec(mark).expect("a drain mark serializes");
+        let opts = self.access.owned(CreateMode::Persistent);
         match self.client.create(&path, &data, &opts).await {
             Ok(_) => Ok(true),
             Err(ZkError::NodeExists) => Ok(false),
@@ -583,8 +802,21 @@ impl ZkReader {
         match self.client.delete(&path, None).await {
             Ok(()) => Ok(true),
             Err(ZkError::NoNode) => Ok(false),
-            Err(e) => Err(RegistryError::ZooKeeper(format!("delete {path}: {e}"))),
+            Err(e) => Err(RegistryError::ZooKeeper(format!(
+                "delete {path}: {}",
+                why(&e)
+            ))),
         }
+    }
+}
+
+/// A failed write, said so that an operator knows what to do.
+fn why(e: &ZkError) -> String {
+    match e {
+        ZkError::NoAuth => "not allowed: the node belongs to another ZooKeeper identity \
+                            (set zk_auth or zk_auth_file to the one that wrote it)"
+            .into(),
+        e => e.to_string(),
     }
 }
 

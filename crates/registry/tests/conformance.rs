@@ -613,6 +613,40 @@ async fn zk_registrant_registers_again_after_its_session_expires() {
     assert_ne!(reg.session_id(), first, "under a new session");
 }
 
+/// With credentials, the new session after an expiry authenticates too:
+/// the registrant may register again under the service node its identity
+/// owns, and the new node is as protected as the first.
+#[tokio::test]
+async fn zk_registrant_with_credentials_registers_again_after_its_session_expires() {
+    let zk = ZkServer::start();
+    let relay = Relay::start(zk.port()).await;
+    let auth = rpc_config::ZkAuth::parse("digest:echo:echo-pw").unwrap();
+    let reg = ZkRegistry::connect_as(&relay.hosts(), "test", SESSION, Some(&auth))
+        .await
+        .unwrap();
+    let _r = reg.register(ep("echo", 7001)).await.unwrap();
+    let first = reg.session_id();
+    let watcher = ZkRegistry::connect(&zk.hosts(), "test", SESSION)
+        .await
+        .unwrap();
+    let mut rx = watcher.watch().await.unwrap();
+    until(&mut rx, "registered", |m| m.contains_key("echo")).await;
+
+    relay.set_cut(true);
+    until(&mut rx, "node gone with the expired session", |m| {
+        !m.contains_key("echo")
+    })
+    .await;
+    relay.set_cut(false);
+    until(&mut rx, "registered again", |m| m.contains_key("echo")).await;
+    assert_ne!(reg.session_id(), first, "under a new session");
+    let node = "/zk/product/test/services/echo/127_0_0_1_7001";
+    assert_eq!(
+        watcher.client().delete(node, None).await,
+        Err(zookeeper_client::Error::NoAuth)
+    );
+}
+
 #[tokio::test]
 async fn zk_outage_keeps_the_last_view_and_recovers() {
     let mut zk = ZkServer::start();
