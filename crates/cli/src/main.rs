@@ -59,6 +59,12 @@ struct Args {
     /// the config's `zk`.
     #[arg(long, global = true, value_name = "HOSTS")]
     zk: Option<RegistrySpec>,
+    /// ZooKeeper credentials, `digest:user:password` in a file only its
+    /// owner may read (as the config's `zk_auth_file`, which it
+    /// overrides): `drain` marks are then that identity's, and `undrain`
+    /// may remove them.
+    #[arg(long = "zk-auth-file", global = true, value_name = "FILE")]
+    zk_auth_file: Option<PathBuf>,
     /// Configuration file (config.ini format): its `zk` and `product` keys;
     /// `call` also takes its `proxy_address` and `rpc_timeout`.
     #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
@@ -213,6 +219,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(spec) = args.zk {
         config.registry = spec;
     }
+    if let Some(file) = &args.zk_auth_file {
+        config.set("zk_auth_file", &file.to_string_lossy())?;
+    }
     let wait = config.zk_session_timeout.min(REGISTRY_WAIT);
     let command = match args.command {
         // Before the registry is opened: the page starts (and shows the
@@ -255,7 +264,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         other => other,
     };
-    let source = Source::open(&config.registry, wait).await?;
+    let source = Source::open(&config.registry, config.zk_auth.as_ref(), wait).await?;
     match command {
         Command::List { product, service } => {
             let listing = list::gather(&source, product.as_deref(), service.as_deref()).await?;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use rpc_config::RegistrySpec;
+use rpc_config::{RegistrySpec, ZkAuth};
 use rpc_registry::{local, zk::ZkReader, DrainMark, RegistryError, ServiceMap};
 
 pub enum Source {
@@ -21,12 +21,18 @@ pub enum Source {
 }
 
 impl Source {
-    /// Connects to ZooKeeper, giving up after `timeout`; a local registry
-    /// needs no connection.
-    pub async fn open(spec: &RegistrySpec, timeout: Duration) -> anyhow::Result<Source> {
+    /// Connects to ZooKeeper (authenticated as `auth`, if given: the drain
+    /// marks written are then that identity's), giving up after `timeout`;
+    /// a local registry needs no connection.
+    pub async fn open(
+        spec: &RegistrySpec,
+        auth: Option<&ZkAuth>,
+        timeout: Duration,
+    ) -> anyhow::Result<Source> {
         Ok(match spec {
             RegistrySpec::ZooKeeper(hosts) => {
-                let reader = bounded(hosts, timeout, ZkReader::connect(hosts, timeout)).await?;
+                let connect = ZkReader::connect_as(hosts, timeout, auth);
+                let reader = bounded(hosts, timeout, connect).await?;
                 Source::ZooKeeper {
                     hosts: hosts.clone(),
                     reader,
