@@ -65,13 +65,16 @@ struct WorkerSlot {
     capacity: usize,
     /// Cleared when the worker announced STOP.
     accepting: bool,
+    /// Set while the worker leaves a heartbeat unanswered: no new jobs
+    /// until it answers (a stopped process, a silent link).
+    suspect: bool,
     /// Written by the worker's task, read when scraped.
     counters: Arc<WorkerCounters>,
 }
 
 impl Load for WorkerSlot {
     fn ready(&self) -> bool {
-        self.accepting && self.inflight < self.capacity
+        self.accepting && !self.suspect && self.inflight < self.capacity
     }
 
     fn cheaper_than(&self, other: &Self) -> bool {
@@ -110,6 +113,8 @@ pub struct WorkerView {
     pub pid: Option<u32>,
     /// Taking new requests (not stopping).
     pub serving: bool,
+    /// Left a heartbeat unanswered: no new requests until it answers.
+    pub suspect: bool,
     pub capacity: usize,
     pub inflight: usize,
     pub served: u64,
@@ -221,6 +226,7 @@ impl Dispatcher {
                         p => Some(p),
                     },
                     serving: w.accepting,
+                    suspect: w.suspect,
                     capacity: self.per_worker,
                     inflight: w.inflight,
                     served: w.counters.served.get(),
@@ -360,6 +366,7 @@ impl Dispatcher {
                 inflight: 0,
                 capacity: self.per_worker,
                 accepting: true,
+                suspect: false,
                 counters,
             });
             self.publish(&core);
@@ -380,6 +387,23 @@ impl Dispatcher {
                 w.inflight = w.inflight.saturating_sub(n);
             }
             if !core.queue.is_empty() {
+                self.pump(&mut core, &mut expired);
+            }
+        }
+        Self::finish(expired);
+    }
+
+    /// The worker left a heartbeat unanswered (`true`: no new jobs for
+    /// it, the queue goes to the others) or answered again (`false`: it
+    /// takes jobs again, queued ones first).
+    pub fn set_suspect(&self, id: WorkerId, suspect: bool) {
+        let mut expired = Vec::new();
+        {
+            let mut core = self.lock();
+            if let Some(w) = core.workers.iter_mut().find(|w| w.id == id) {
+                w.suspect = suspect;
+            }
+            if !suspect && !core.queue.is_empty() {
                 self.pump(&mut core, &mut expired);
             }
         }

@@ -499,11 +499,11 @@ fn encode_workers(e: &mut DescriptorEncoder, s: &Snapshot) -> std::fmt::Result {
 }
 
 /// The `/status` and dashboard view of one worker.
-fn state(serving: bool) -> &'static str {
-    if serving {
-        "serving"
-    } else {
-        "stopping"
+fn state(w: &crate::dispatch::WorkerView) -> &'static str {
+    match (w.serving, w.suspect) {
+        (false, _) => "stopping",
+        (true, true) => "suspect",
+        (true, false) => "serving",
     }
 }
 
@@ -522,7 +522,7 @@ impl Page {
                     "id": w.id,
                     "peer": w.peer,
                     "pid": w.pid,
-                    "state": state(w.serving),
+                    "state": state(w),
                     "capacity": w.capacity,
                     "inflight": w.inflight,
                     "served": w.served,
@@ -633,7 +633,7 @@ impl StatusPage for Page {
                 Cell::Text(w.id.to_string()),
                 Cell::Text(w.peer.clone()),
                 Cell::Text(w.pid.map(|p| p.to_string()).unwrap_or_default()),
-                Cell::State(state(w.serving).into()),
+                Cell::State(state(w).into()),
                 Cell::Text(w.capacity.to_string()),
                 Cell::Text(w.inflight.to_string()),
                 Cell::Text(w.served.to_string()),

@@ -83,6 +83,7 @@ pub async fn serve(
         last_ping: None,
         next_tick: now + settings.heartbeat_interval,
         stopping: false,
+        suspect: false,
         freed: 0,
         answered: 0,
     };
@@ -196,6 +197,8 @@ struct WorkerConn<'a> {
     last_ping: Option<Instant>,
     next_tick: Instant,
     stopping: bool,
+    /// A heartbeat went unanswered: the dispatcher holds new jobs back.
+    suspect: bool,
     /// Slots freed in this batch without a reply to wait for: oneways once
     /// written, jobs whose caller gave up before they left.
     freed: usize,
@@ -204,6 +207,11 @@ struct WorkerConn<'a> {
 }
 
 impl WorkerConn<'_> {
+    /// When silence makes the worker lost.
+    fn silent_until(&self) -> Instant {
+        self.last_heard + self.s.heartbeat_timeout
+    }
+
     /// The worker sent STOP: no new jobs; those handed over before it was
     /// seen go elsewhere.
     fn stop(&mut self, cx: &mut Cx<'_>) {
@@ -222,12 +230,18 @@ impl WorkerConn<'_> {
 
     fn heartbeat(&mut self, now: Instant, cx: &mut Cx<'_>) -> Flow {
         self.next_tick = now + self.s.heartbeat_interval;
-        let silent = now.saturating_duration_since(self.last_heard);
-        if silent > self.s.heartbeat_timeout {
-            return Flow::End(Lost::Silent(silent));
-        }
         if self.last_ping.is_some_and(|p| self.last_heard < p) {
             self.counters.heartbeats_missed.add(1);
+            if !self.suspect {
+                // Nothing since the last heartbeat: the queue goes to the
+                // others until this worker answers.
+                tracing::warn!(
+                    worker = self.id,
+                    "worker missed a heartbeat: no new calls until it answers"
+                );
+                self.suspect = true;
+                self.dispatcher.set_suspect(self.id, true);
+            }
         }
         self.last_ping = Some(now);
         cx.send(heartbeat(0).freeze());
@@ -285,6 +299,11 @@ impl Hop for WorkerConn<'_> {
     fn on_message(&mut self, mut msg: Message, cx: &mut Cx<'_>) -> Flow {
         let now = cx.now();
         self.last_heard = now;
+        if self.suspect {
+            tracing::info!(worker = self.id, "worker answers again");
+            self.suspect = false;
+            self.dispatcher.set_suspect(self.id, false);
+        }
         match msg.kind() {
             MessageType::Heartbeat => {}
             MessageType::Reply | MessageType::Exception => match self.pending.restore(&mut msg) {
@@ -330,15 +349,21 @@ impl Hop for WorkerConn<'_> {
     }
 
     fn deadline(&self) -> Option<Instant> {
+        let next = self.next_tick.min(self.silent_until());
         match self.deadlines.queue.front() {
-            Some(&(_, at)) => Some(at.min(self.next_tick)),
-            None => Some(self.next_tick),
+            Some(&(_, at)) => Some(at.min(next)),
+            None => Some(next),
         }
     }
 
     fn on_timer(&mut self, cx: &mut Cx<'_>) -> Flow {
         let now = cx.now();
         self.deadlines.expire(&mut self.pending, now);
+        if self.silent_until() <= now {
+            // Lost `heartbeat_timeout` after its last frame, not at the
+            // next tick: its calls in flight fail now.
+            return Flow::End(Lost::Silent(now - self.last_heard));
+        }
         if self.next_tick <= now {
             return self.heartbeat(now, cx);
         }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::bench_server;
+use common::{bench_server, echo_args, reply_data, sleep_args};
 use futures::{SinkExt, StreamExt};
 use rpc_codec::{encode_message, Message, MessageType};
 use rpc_registry::local::LocalRegistry;
@@ -30,35 +30,6 @@ use tokio::time::Instant;
 /// Longest wait for one reply: calls wait in the successor's queue until
 /// a worker has redialled (at once, or after a 1 s backoff).
 const REPLY_WITHIN: Duration = Duration::from_secs(10);
-
-/// `echo(1: data)` arguments, as the bench service reads them.
-fn echo_args(data: &[u8]) -> Vec<u8> {
-    let mut b = vec![11, 0, 1];
-    b.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    b.extend_from_slice(data);
-    b.push(0);
-    b
-}
-
-/// `sleep(1: data, 2: ms)` arguments.
-fn sleep_args(data: &[u8], ms: i32) -> Vec<u8> {
-    let mut b = echo_args(data);
-    b.pop();
-    b.extend_from_slice(&[8, 0, 2]);
-    b.extend_from_slice(&ms.to_be_bytes());
-    b.push(0);
-    b
-}
-
-/// The `data` of a reply `{0: data}`.
-fn reply_data(m: &Message) -> Option<&[u8]> {
-    let b = m.body();
-    if m.kind() != MessageType::Reply || b.len() < 8 || b[0] != 11 {
-        return None;
-    }
-    let n = u32::from_be_bytes(b[3..7].try_into().ok()?) as usize;
-    b.get(7..7 + n)
-}
 
 #[derive(Default)]
 struct Counts {

@@ -10,9 +10,11 @@
 //!
 //! Liveness, for peers that stall with their socket open (a stopped
 //! process, a silent link):
-//! - a connection carries calls only once the endpoint has answered a
-//!   heartbeat on it (`Connecting` until then), so a peer whose kernel
-//!   still accepts connections gets no calls after each reconnect;
+//! - a reconnected connection carries calls only once the endpoint has
+//!   answered a heartbeat on it (`Connecting` until then), so a peer whose
+//!   kernel still accepts connections gets no calls after each reconnect
+//!   (the first connection to a newly listed endpoint carries calls at
+//!   once, as the endpoint just registered);
 //! - a heartbeat interval with a heartbeat unanswered and nothing else
 //!   heard makes the connection `Suspect`: no new calls go to it, those
 //!   in flight wait; anything heard makes it `Up` again;
@@ -235,6 +237,9 @@ async fn run(
     s: BackendSettings,
 ) {
     let mut backoff = Duration::from_secs(1);
+    // Set once a connection failed or was lost: later ones are admitted
+    // by a heartbeat echo.
+    let mut probe = false;
     // Replies are read whatever is queued: an endpoint blocked writing
     // them would stop reading our requests (bounded by max_inflight).
     let opts = Options {
@@ -253,8 +258,7 @@ async fn run(
         match connected {
             Ok(Ok(stream)) => {
                 tracing::info!(service = %b.service, endpoint = %b.address, "backend connected");
-                // Up once the endpoint echoes the first heartbeat.
-                let mut hop = BackendConn::new(&b, &mut rx, &s);
+                let mut hop = BackendConn::new(&b, &mut rx, &s, probe);
                 let mut stop = drain.clone();
                 let drained = async move {
                     let _ = stop.wait_for(|d| *d).await;
@@ -271,6 +275,7 @@ async fn run(
                 }
                 if lost.is_some() {
                     b.set_state(State::Down);
+                    probe = true;
                 }
                 reject_queued(&b, &mut rx);
                 match lost {
@@ -282,10 +287,12 @@ async fn run(
             }
             Ok(Err(e)) => {
                 b.set_state(State::Down);
+                probe = true;
                 tracing::warn!(service = %b.service, endpoint = %b.address, error = %e, "backend connect failed")
             }
             Err(_) => {
                 b.set_state(State::Down);
+                probe = true;
                 tracing::warn!(service = %b.service, endpoint = %b.address, "backend connect timed out")
             }
         }
@@ -350,6 +357,8 @@ struct BackendConn<'a> {
     /// When the last frame came (the wake-up's clock).
     last_heard: Instant,
     liveness: Liveness,
+    /// A heartbeat went out at the last tick.
+    pinged: bool,
     /// The endpoint answered on this connection (so the reconnect backoff
     /// starts over when it is lost).
     answered_once: bool,
@@ -362,8 +371,17 @@ struct BackendConn<'a> {
 }
 
 impl<'a> BackendConn<'a> {
-    fn new(b: &'a Backend, rx: &'a mut mpsc::Receiver<Job>, s: &'a BackendSettings) -> Self {
+    /// `probe`: calls wait for the endpoint's first heartbeat echo.
+    fn new(
+        b: &'a Backend,
+        rx: &'a mut mpsc::Receiver<Job>,
+        s: &'a BackendSettings,
+        probe: bool,
+    ) -> Self {
         let now = Instant::now();
+        if !probe {
+            b.set_state(State::Up);
+        }
         BackendConn {
             b,
             rx,
@@ -371,10 +389,19 @@ impl<'a> BackendConn<'a> {
             pending: SeqTable::new(),
             heard: Heard::default(),
             last_heard: now,
-            liveness: Liveness::Probing,
+            liveness: if probe {
+                Liveness::Probing
+            } else {
+                Liveness::Up
+            },
+            pinged: false,
             answered_once: false,
-            // The first heartbeat goes at once: it admits the connection.
-            next_tick: now,
+            // A probe goes at once: it admits the connection.
+            next_tick: if probe {
+                now
+            } else {
+                now + s.heartbeat_interval
+            },
             waiting_at_tick: false,
             drain_deadline: None,
         }
@@ -409,10 +436,10 @@ impl<'a> BackendConn<'a> {
 
     /// The heartbeat tick: anything heard since the last tick counts.
     fn tick(&mut self, now: Instant, cx: &mut Cx<'_>) -> Flow {
-        let first = self.next_tick == self.last_heard && self.liveness == Liveness::Probing;
         self.next_tick = now + self.s.heartbeat_interval;
         let since_tick = std::mem::take(&mut self.heard);
-        if !since_tick.anything && !first && self.liveness == Liveness::Up {
+        let pinged = std::mem::replace(&mut self.pinged, true);
+        if pinged && !since_tick.anything && self.liveness == Liveness::Up {
             // The heartbeat sent a tick ago is unanswered, and nothing
             // else came: new calls go elsewhere until something does.
             tracing::warn!(service = %self.b.service, endpoint = %self.b.address, "backend missed a heartbeat: no new calls until it answers");

@@ -51,6 +51,35 @@ pub async fn workers(lb: &rpc_lb::LbHandle, tags: &[&str], pool_size: usize) -> 
 
 // === Worker processes ===
 
+/// `echo(1: data)` arguments, as the bench service reads them.
+pub fn echo_args(data: &[u8]) -> Vec<u8> {
+    let mut b = vec![11, 0, 1];
+    b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    b.extend_from_slice(data);
+    b.push(0);
+    b
+}
+
+/// `sleep(1: data, 2: ms)` arguments.
+pub fn sleep_args(data: &[u8], ms: i32) -> Vec<u8> {
+    let mut b = echo_args(data);
+    b.pop();
+    b.extend_from_slice(&[8, 0, 2]);
+    b.extend_from_slice(&ms.to_be_bytes());
+    b.push(0);
+    b
+}
+
+/// The `data` of a reply `{0: data}`.
+pub fn reply_data(m: &Message) -> Option<&[u8]> {
+    let b = m.body();
+    if m.kind() != MessageType::Reply || b.len() < 8 || b[0] != 11 {
+        return None;
+    }
+    let n = u32::from_be_bytes(b[3..7].try_into().ok()?) as usize;
+    b.get(7..7 + n)
+}
+
 /// `rpc-bench-server`, built on demand when only this package was built.
 pub fn bench_server() -> std::path::PathBuf {
     static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
