@@ -301,11 +301,15 @@ def scenario_python(s, k):
 
 def scenario_tracing(s, k):
     """What spans per call cost the proxy: tracing off, and on at sampling
-    1.0 and 0.01 with spans sent over OTLP/HTTP to a local sink."""
+    1.0 and 0.01 with spans sent over OTLP/HTTP to a local sink; and the
+    proxy + LB chain, off and on at both hops."""
     svc, svc_addr = k.service()
     proxy, proxy_tcp, _ = k.proxy()
     sink, sink_url = s.otlp_sink("otlp-sink")
     paths = [("direct", svc_addr, [svc], {"direct": True}), ("proxy, tracing off", proxy_tcp, [proxy], {})]
+    lb, _ = k.lb("lb", "benchlb", workers=4, pool=4)
+    if lb:
+        paths.append(("proxy + lb, tracing off", proxy_tcp, [proxy, lb], {"service": "benchlb"}))
     traced = []
     for ratio in (1.0, 0.01):
         name = "proxy-trace-" + f"{ratio:g}".replace(".", "_")
@@ -320,14 +324,25 @@ def scenario_tracing(s, k):
                               f"the trace field (a Thrift server must skip unknown field ids): {e}")
             continue
         paths.append((f"proxy, tracing on, sampling {ratio:g}", tcp, [p, sink], {}))
+        if ratio == 1.0 and lb:
+            # The same chain with an LB that traces too (its own spans,
+            # children of the proxy's).
+            lbt, ws = s.lb("lb-trace", "benchlbt", workers=4, pool=4, dispatch="least_loaded",
+                           otlp_endpoint=sink_url, trace_sample_ratio=ratio)
+            traced += [lbt, *ws]
+            wait_until("proxy → traced LB", lambda: probe(tcp, "benchlbt:echo"), [p, lbt, sink] + ws)
+            paths.append(("proxy + lb, tracing on at both, sampling 1", tcp, [p, lbt, sink],
+                          {"service": "benchlbt"}))
     shapes = [(4, 8), (1, 1)]
     rows = scenario_paths(s, paths, shapes, [64])
     s.section(
-        "Tracing: spans per call at the proxy (OTLP/HTTP to a local sink)", PATH_COLUMNS, rows,
+        "Tracing: spans per call at the proxy and the LB (OTLP/HTTP to a local sink)", PATH_COLUMNS, rows,
         ["tracing off: no otlp_endpoint (the default); on: otlp_endpoint set, trace_sample_ratio 1.0 or 0.01; "
          "every call then carries its trace context to the service (sampled or not), and a sampled one "
          "makes a span, batched and exported on the proxy's own threads",
-         "CPU: the proxy, + the OTLP sink (a Python HTTP server that discards what it gets) on tracing rows; "
+         "proxy + lb: → rpc-lb → 4 Rust worker processes (pool 4); tracing on at both: the LB exports "
+         "its own span per call too",
+         "CPU: the proxy (+ the LB), + the OTLP sink (a Python HTTP server that discards what it gets) on tracing rows; "
          "a batch may be exported up to 5 s after its run, so the sink's share is approximate"],
     )
     s.stop(*traced, sink)
@@ -341,7 +356,7 @@ SCENARIOS = [
     ("lb-dispatch", "slow calls among fast ones: LB dispatch", scenario_lb_dispatch),
     ("balance", "one slow endpoint of two: proxy balance", scenario_balance),
     ("python", "Python services", scenario_python),
-    ("tracing", "proxy tracing: off, and on at sampling 1.0 and 0.01", scenario_tracing),
+    ("tracing", "proxy and LB tracing: off, and on at sampling 1.0 and 0.01", scenario_tracing),
 ]
 
 PATH_COLUMNS = ["shape", "path", "req/s", "p50 µs", "p99 µs", "p99.9 µs", "× direct", "CPU s / 1M req",

@@ -91,9 +91,10 @@ class Suite:
         wait_until(f"{name} listening", lambda: can_connect(tcp), [p])
         return p, tcp, unix
 
-    def lb(self, name, service, workers, pool, dispatch, python=False, back="unix", prefetch=0):
+    def lb(self, name, service, workers, pool, dispatch, python=False, back="unix", prefetch=0, **keys):
         """An rpc-lb with `workers` worker processes dialling in on a Unix
-        socket (`back="unix"`, the documented default) or TCP."""
+        socket (`back="unix"`, the documented default) or TCP; `keys`: more
+        config.ini keys."""
         front = free_port()
         if back == "unix":
             back = os.path.join(self.tmp, name + "-back.sock")
@@ -110,6 +111,7 @@ class Suite:
             dispatch=dispatch,
             register_delay=0,
             threads=self.a.lb_threads,
+            **keys,
         )
         lb = self.start(name, [self.a.lb_bin, "-c", cfg, "--log-level", "warn"])
         wait_until(f"{name} listening", lambda: can_connect(f"127.0.0.1:{front}"), [lb])
