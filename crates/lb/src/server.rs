@@ -475,6 +475,14 @@ fn about(config: &Config, front: &Address, back: &Address) -> rpc_config::status
     rpc_config::status_page::About::new("rpc-lb", env!("CARGO_PKG_VERSION"))
         .set("product", &config.product)
         .set("zk", &config.registry)
+        // The identity (`digest:user`), never the password.
+        .set(
+            "zk_auth",
+            config
+                .zk_auth
+                .as_ref()
+                .map_or("none".into(), |a| a.to_string()),
+        )
         .set("frontend", front)
         .set("back_address", back)
         .set("worker_pool_size", config.worker_pool_size)

@@ -312,6 +312,14 @@ fn about(config: &Config) -> rpc_config::status_page::About {
     rpc_config::status_page::About::new("rpc-proxy", env!("CARGO_PKG_VERSION"))
         .set("product", &config.product)
         .set("zk", &config.registry)
+        // The identity (`digest:user`), never the password.
+        .set(
+            "zk_auth",
+            config
+                .zk_auth
+                .as_ref()
+                .map_or("none".into(), |a| a.to_string()),
+        )
         .set("proxy_address", addresses.join(","))
         .set("balance", format!("{:?}", config.balance))
         .set("rpc_timeout", format!("{:?}", config.rpc_timeout))
