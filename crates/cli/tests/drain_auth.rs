@@ -3,6 +3,7 @@
 //! read but not removed, and the error says why. A credentials file others
 //! may read is refused before anything connects.
 
+#[allow(dead_code)] // the helpers other tests use
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
