@@ -54,7 +54,7 @@ impl CommonArgs {
         let (config, log) = self.prepare()?;
         let mut config = config.unwrap_or_default();
         if let Some(addr) = &self.profile_address {
-            config.metrics_address = Some(addr.clone());
+            config.metrics_address = Some(crate::ini::loopback_unless_named(addr));
         }
         Ok((config, log))
     }

@@ -203,8 +203,12 @@ pub struct Config {
     /// LB: first delay before restarting a worker that exited soon after
     /// starting; doubles up to 30 s while it keeps failing.
     pub worker_restart_backoff: Duration,
-    /// HTTP address for metrics and the status page.
+    /// HTTP address for metrics and the status page (`PORT` or `:PORT`
+    /// alone: loopback).
     pub metrics_address: Option<String>,
+    /// Permissions of the Unix sockets this process listens on (octal;
+    /// connecting needs write permission).
+    pub socket_mode: u32,
     /// Methods per service with series of their own (per-method metrics
     /// and the `falcon_client` push); later ones are counted as `other`.
     pub metrics_max_methods: usize,
@@ -268,6 +272,7 @@ impl Default for Config {
             worker_max_requests: 0,
             worker_restart_backoff: Duration::from_secs(1),
             metrics_address: None,
+            socket_mode: 0o660,
             metrics_max_methods: 64,
             falcon_interval: Duration::from_secs(60),
             threads: 0,
@@ -332,6 +337,17 @@ fn hide_password(value: &str) -> String {
 
 fn opt(value: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_string())
+}
+
+/// An HTTP listen address: `PORT` or `:PORT` alone binds loopback (a
+/// status page is for the machine's own tools unless a host is named).
+pub(crate) fn loopback_unless_named(addr: &str) -> String {
+    let port = addr.strip_prefix(':').unwrap_or(addr);
+    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        format!("127.0.0.1:{port}")
+    } else {
+        addr.to_string()
+    }
 }
 
 /// An OTLP/HTTP collector address: plain HTTP (a local collector or
@@ -487,7 +503,14 @@ impl Config {
             "worker_count" => self.worker_count = parse(k, v)?,
             "worker_max_requests" => self.worker_max_requests = parse(k, v)?,
             "worker_restart_backoff" => self.worker_restart_backoff = seconds(k, v)?,
-            "metrics_address" => self.metrics_address = opt(v),
+            "metrics_address" => self.metrics_address = opt(v).map(|a| loopback_unless_named(&a)),
+            "socket_mode" => {
+                let digits = v.strip_prefix("0o").unwrap_or(v);
+                self.socket_mode = match u32::from_str_radix(digits, 8) {
+                    Ok(m) if m <= 0o777 => m,
+                    _ => return Err(invalid(k, v, "an octal mode such as 0660")),
+                }
+            }
             "metrics_max_methods" => self.metrics_max_methods = positive(k, v)?,
             "falcon_interval" => match seconds(k, v)? {
                 d if d.is_zero() => return Err(invalid(k, v, "must be above 0")),
@@ -564,6 +587,28 @@ pub fn local_ip_with_prefix(prefix: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_page_given_only_a_port_listens_on_loopback_and_socket_mode_is_octal() {
+        for (v, want) in [
+            ("9101", "127.0.0.1:9101"),
+            (":9101", "127.0.0.1:9101"),
+            ("0.0.0.0:9101", "0.0.0.0:9101"),
+            ("[::1]:9101", "[::1]:9101"),
+        ] {
+            let c = Config::parse(&format!("metrics_address = {v}")).unwrap();
+            assert_eq!(c.metrics_address.as_deref(), Some(want), "{v}");
+        }
+        assert_eq!(Config::parse("").unwrap().socket_mode, 0o660);
+        for (v, want) in [("0600", 0o600), ("660", 0o660), ("0o666", 0o666)] {
+            let c = Config::parse(&format!("socket_mode = {v}")).unwrap();
+            assert_eq!(c.socket_mode, want, "{v}");
+        }
+        for bad in ["0999", "rw", "01777"] {
+            let e = Config::parse(&format!("socket_mode = {bad}")).unwrap_err();
+            assert!(e.to_string().contains("socket_mode"), "{e}");
+        }
+    }
 
     #[test]
     fn reads_the_originals_keys() {

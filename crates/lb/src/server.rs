@@ -169,7 +169,7 @@ impl LbHandle {
 /// `service` once a worker is connected.
 pub async fn start(config: &Config, registry: Arc<dyn Registry>) -> anyhow::Result<LbHandle> {
     let (service, front_addr, back_addr) = validate(config)?;
-    let (front, back) = bind(&front_addr, &back_addr).await?;
+    let (front, back) = bind(&front_addr, &back_addr, config.socket_mode).await?;
     let status = match &config.metrics_address {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -428,11 +428,11 @@ fn accept_workers(
 }
 
 /// The frontend and worker listeners.
-async fn bind(front: &Address, back: &Address) -> anyhow::Result<(Listener, Listener)> {
-    let f = Listener::bind(front)
+async fn bind(front: &Address, back: &Address, mode: u32) -> anyhow::Result<(Listener, Listener)> {
+    let f = Listener::bind_with_mode(front, mode)
         .await
         .with_context(|| format!("cannot listen for proxies on {front}"))?;
-    let b = Listener::bind(back)
+    let b = Listener::bind_with_mode(back, mode)
         .await
         .with_context(|| format!("cannot listen for workers on {back}"))?;
     Ok((f, b))

@@ -280,7 +280,7 @@ async fn bind(config: &Config) -> anyhow::Result<Vec<Listener>> {
     );
     let mut listeners = Vec::new();
     for addr in &config.proxy_address {
-        let l = Listener::bind(addr)
+        let l = Listener::bind_with_mode(addr, config.socket_mode)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(address = %l.local_address(), "proxy listening");

@@ -549,3 +549,17 @@ async fn incomplete_frame_is_closed_after_frame_timeout() {
         b"still here"
     );
 }
+
+#[tokio::test]
+async fn unix_listeners_get_socket_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, want) in [("", 0o660), ("socket_mode=0600\n", 0o600)] {
+        let path = dir.path().join(format!("proxy-{want:o}.sock"));
+        let config = test_config(&format!("{extra}proxy_address={}", path.display()));
+        let (proxy, _addr) = start_proxy(&config, Arc::new(MemRegistry::new())).await;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, want, "{extra:?}");
+        proxy.shutdown().await;
+    }
+}

@@ -74,7 +74,7 @@ impl Service {
         }
         let mut listeners = Vec::new();
         for bind in &binds {
-            let listener = Listener::bind(bind)
+            let listener = Listener::bind_with_mode(bind, config.socket_mode)
                 .await
                 .with_context(|| format!("cannot listen on {bind}"))?;
             tracing::info!(address = %listener.local_address(), "service listening");

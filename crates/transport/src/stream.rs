@@ -202,6 +202,17 @@ impl Listener {
         }
     }
 
+    /// Binds, giving a Unix socket file the permissions `mode` (who may
+    /// connect: connecting needs write permission).
+    pub async fn bind_with_mode(addr: &Address, mode: u32) -> io::Result<Listener> {
+        let l = Self::bind(addr).await?;
+        if let Listener::Unix(_, p) = &l {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(l)
+    }
+
     /// The address actually bound (resolves port 0).
     pub fn local_address(&self) -> Address {
         match self {
