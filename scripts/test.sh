@@ -82,6 +82,12 @@ suite() { # suite NAME COMMAND...
     extra_lines+=("$line")
 }
 
+# Fault scenarios under load (a bounded subset: a process killed, a stalled
+# endpoint, a ZooKeeper outage, a stalled LB worker).
+if [ -x scripts/faults.sh ]; then
+    suite faults bash scripts/faults.sh --quick --debug
+fi
+
 # The Go SDK, against a throwaway ZooKeeper and the real rpc-proxy.
 if [ -x go/test.sh ]; then
     suite go sh go/test.sh
