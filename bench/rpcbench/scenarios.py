@@ -186,6 +186,27 @@ def scenario_idle(s, k):
                      "" if ok else "not all connections opened"])
     s.section("Idle connection scaling (proxy)",
               ["idle connections", "proxy RSS KiB, idle", "req/s with 4×8 load", "p99 µs", "proxy RSS KiB, loaded", ""], rows)
+    # Connections that sent the start of a frame and then nothing (a peer
+    # stalled mid-frame, or a slowloris) should cost what idle ones do.
+    # A fresh proxy per row: an allocator keeps what earlier rows used.
+    n = 100 if s.a.quick else 1000
+    rows = []
+    base = None
+    for partial, what in [(0, "nothing (idle)"), (2, "2 bytes of the length prefix"),
+                          (20, "the length prefix and 16 bytes of the header")]:
+        p, tcp, _ = s.proxy(f"proxy-partial{partial}")
+        wait_until("fresh proxy routes", lambda: probe(tcp, "bench:echo"), [p])
+        r = s.bench(f"{n} conns sent {partial} B, near idle", tcp, [p], 1, 1, rate=50, idle=n,
+                    idle_partial=partial, duration=min(1.0, s.duration), warmup=0)
+        s.stop(p)
+        rss = r["rss_kib_load"][p.name]
+        base = rss if base is None else base
+        rows.append([fmt_int(n), what, fmt_int(rss), f"{(rss - base) * 1024 / n:+.0f}",
+                     "" if r["idle_connections_open"] == n else "not all connections opened"])
+    s.section("Connections stalled mid-frame (proxy)",
+              ["connections", "each sent", "proxy RSS KiB", "bytes per connection vs idle", ""], rows,
+              ["each connection sends its bytes once and falls silent (frame_timeout, 30 s by default, "
+               "closes it later); 50 req/s of load on one more connection"])
 
 
 def scenario_lb_dispatch(s, k):

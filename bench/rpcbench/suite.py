@@ -172,7 +172,8 @@ class Suite:
     # load
 
     def bench(self, label, target, procs, conns, depth, payload=64, direct=False,
-              service="bench", rate=None, slow=0.0, slow_ms=50, idle=0, duration=None, warmup=None):
+              service="bench", rate=None, slow=0.0, slow_ms=50, idle=0, idle_partial=0, duration=None,
+              warmup=None):
         """Runs rpc-bench; returns its report with CPU and RSS of `procs`."""
         duration = self.duration if duration is None else duration
         warmup = self.warmup if warmup is None else warmup
@@ -191,6 +192,8 @@ class Suite:
             argv += ["--slow-fraction", slow, "--slow-ms", slow_ms]
         if idle:
             argv += ["--idle-connections", idle]
+        if idle_partial:
+            argv += ["--idle-partial", idle_partial]
         argv = [str(a) for a in argv]
         for p in procs:
             p.check()

@@ -55,6 +55,9 @@ pub struct LoadConfig {
     pub timeout: Duration,
     /// Extra connections opened before the run and held idle.
     pub idle_connections: usize,
+    /// Bytes of a frame each idle connection sends before falling silent
+    /// (a peer stalled mid-frame: 0 sends nothing).
+    pub idle_partial: usize,
     /// Open loop: most requests in flight on one connection.
     pub max_outstanding: usize,
     pub max_frame: usize,
@@ -81,6 +84,7 @@ impl Default for LoadConfig {
             duration: Duration::from_secs(5),
             timeout: Duration::from_secs(10),
             idle_connections: 0,
+            idle_partial: 0,
             max_outstanding: 100_000,
             max_frame: rpc_codec::DEFAULT_MAX_FRAME,
             threads: 1,
@@ -264,8 +268,13 @@ async fn connect(addr: &Address, limit: Duration) -> std::io::Result<Stream> {
     }
 }
 
-/// Opens the idle connections, a few hundred at a time.
+/// Opens the idle connections, a few hundred at a time; each sends the
+/// first `idle_partial` bytes of a call, if any.
 async fn open_idle(cfg: &LoadConfig) -> Vec<Stream> {
+    use tokio::io::AsyncWriteExt;
+    let name = format!("{}:echo", cfg.service);
+    let call = rpc_codec::encode_message(rpc_codec::MessageType::Call, name.as_bytes(), 1, &[0]);
+    let start = &call[..cfg.idle_partial.min(call.len() - 1)];
     let mut out = Vec::with_capacity(cfg.idle_connections);
     let mut failed = 0usize;
     let mut left = cfg.idle_connections;
@@ -273,6 +282,10 @@ async fn open_idle(cfg: &LoadConfig) -> Vec<Stream> {
         let n = left.min(256);
         let batch = futures::future::join_all((0..n).map(|_| connect(&cfg.target, cfg.timeout)));
         for r in batch.await {
+            let r = match r {
+                Ok(mut s) if !start.is_empty() => s.write_all(start).await.map(|()| s),
+                r => r,
+            };
             match r {
                 Ok(s) => out.push(s),
                 Err(e) => {

@@ -34,6 +34,10 @@ impl Default for FrameCodec {
     }
 }
 
+/// Bytes of a frame that must have arrived before the rest of it is
+/// reserved.
+const RESERVE_AFTER: usize = 4096;
+
 impl Decoder for FrameCodec {
     type Item = BytesMut;
     type Error = FrameError;
@@ -58,9 +62,13 @@ impl Decoder for FrameCodec {
         }
         let total = LEN_PREFIX + len;
         if src.len() < total {
-            // Reserve the whole frame once so a large body lands in one
-            // buffer without intermediate reallocation copies.
-            src.reserve(total - src.len());
+            // Reserve the whole frame once its body is arriving, so a large
+            // body lands in one buffer without intermediate reallocation
+            // copies; not on a bare header (a peer announcing max_frame
+            // bytes and sending nothing more gets nothing reserved).
+            if src.len() >= RESERVE_AFTER {
+                src.reserve(total - src.len());
+            }
             return Ok(None);
         }
         Ok(Some(src.split_to(total)))

@@ -15,6 +15,9 @@ use crate::stream::ReadHalf;
 const MIN_CHUNK: usize = 16 * 1024;
 /// The most a read grows to while reads keep filling the whole buffer.
 const MAX_CHUNK: usize = 256 * 1024;
+/// A started frame at most this long, waiting for its rest, is kept in a
+/// buffer of its own size rather than a whole read's.
+const SMALL_PARTIAL: usize = 1024;
 
 /// Reads frames, many per wake-up, holding no buffer while the connection
 /// is idle.
@@ -22,7 +25,10 @@ const MAX_CHUNK: usize = 256 * 1024;
 /// `FramedRead` keeps an 8 KiB buffer per connection forever; with tens of
 /// thousands of mostly idle clients that is most of a proxy's memory. Here
 /// the buffer is allocated when the socket becomes readable and released
-/// once everything read has been handed out as frames. Reads go through
+/// once everything read has been handed out as frames; a connection that
+/// sent the start of a frame and then nothing keeps only those bytes (a
+/// peer cannot pin a read buffer per connection by sending a few bytes).
+/// Reads go through
 /// `poll_read`, so a short read (the socket is drained) clears readiness:
 /// a batch costs one `recv`, not one plus an `EAGAIN`.
 pub struct FrameReader {
@@ -154,6 +160,11 @@ impl FrameReader {
                 self.chunk = (self.chunk / 2).max(MIN_CHUNK)
             }
             Poll::Pending if self.buf.is_empty() => self.buf = BytesMut::new(),
+            Poll::Pending
+                if self.buf.len() <= SMALL_PARTIAL && self.buf.capacity() > 2 * SMALL_PARTIAL =>
+            {
+                self.buf = BytesMut::from(&self.buf[..]);
+            }
             _ => {}
         }
         r
@@ -192,6 +203,42 @@ mod tests {
         c.write_all(&[0, 0, 0, 1, 7]).await.unwrap();
         assert_eq!(&reader.next().await.unwrap().unwrap()[..], &[0, 0, 0, 1, 7]);
         assert_idle_without_buffer(&mut reader).await;
+    }
+
+    #[tokio::test]
+    async fn a_started_frame_waiting_for_its_rest_holds_only_its_bytes() {
+        let (mut client, mut reader, _w) = connected().await;
+        // Two bytes of a length prefix, then nothing.
+        client.write_all(&[0, 0]).await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(100), reader.next()).await;
+        assert!(waiting.is_err(), "no frame yet");
+        assert_eq!(reader.buffered(), &[0, 0]);
+        assert!(reader.capacity() < 64, "holds {} bytes", reader.capacity());
+        // The rest arrives: one frame, as if nothing happened.
+        let frame = rpc_codec::encode_message(rpc_codec::MessageType::Call, b"m", 7, b"body");
+        client.write_all(&frame[2..]).await.unwrap();
+        let got = reader.next().await.unwrap().unwrap();
+        assert_eq!(&got[..], &frame[..]);
+    }
+
+    #[tokio::test]
+    async fn a_header_announcing_a_large_frame_reserves_nothing_until_the_body_comes() {
+        let (mut client, mut reader, _w) = connected().await;
+        let len: u32 = 8 << 20;
+        client.write_all(&len.to_be_bytes()).await.unwrap();
+        client.write_all(&[1; 10]).await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(100), reader.next()).await;
+        assert!(waiting.is_err(), "no frame yet");
+        assert!(reader.capacity() < 64, "holds {} bytes", reader.capacity());
+        // The body arrives: the frame is reserved whole and read.
+        let body = vec![7u8; len as usize - 10];
+        let writer = tokio::spawn(async move {
+            client.write_all(&body).await.unwrap();
+            client
+        });
+        let got = reader.next().await.unwrap().unwrap();
+        assert_eq!(got.len(), 4 + len as usize);
+        writer.await.unwrap();
     }
 
     #[tokio::test]

@@ -62,6 +62,10 @@ struct Args {
     /// Extra connections opened first and held idle for the whole run.
     #[arg(long, default_value_t = 0)]
     idle_connections: usize,
+    /// Bytes of a call each idle connection sends before falling silent
+    /// (a peer stalled mid-frame; at most the call's length less one).
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    idle_partial: usize,
     /// Open loop: most requests in flight per connection.
     #[arg(long, default_value_t = 100_000)]
     max_outstanding: usize,
@@ -116,6 +120,7 @@ fn real_main(a: Args) -> anyhow::Result<bool> {
         duration: secs("duration", a.duration)?,
         timeout: secs("timeout", a.timeout)?,
         idle_connections: a.idle_connections,
+        idle_partial: a.idle_partial,
         max_outstanding: a.max_outstanding,
         max_frame: a.max_frame,
         threads: a.threads,
