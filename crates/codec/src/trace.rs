@@ -33,10 +33,11 @@ struct Scan {
     value: Option<Range<usize>>,
 }
 
-/// Walks the argument struct that is the whole of `body`; `None` when it
-/// is not exactly one struct.
-fn scan(body: &[u8]) -> Option<Scan> {
-    let mut r = Reader { b: body };
+/// Walks the argument struct that is the whole of `body`, from the field
+/// starting at `from` on, for the first trace field; `None` when it is not
+/// exactly one struct.
+fn scan(body: &[u8], from: usize) -> Option<Scan> {
+    let mut r = Reader { b: &body[from..] };
     let at = |r: &Reader<'_>| body.len() - r.b.len();
     let mut out = Scan {
         field: None,
@@ -71,29 +72,35 @@ pub fn trace_field(msg: &Message) -> Option<&str> {
         return None;
     }
     let body = msg.body();
-    let value = scan(body)?.value?;
+    let value = scan(body, 0)?.value?;
     std::str::from_utf8(&body[value]).ok()
 }
 
-/// `msg` carrying `traceparent` as its trace field: one it had is
-/// replaced, and the new one goes right before the closing STOP byte; the
+/// `msg` carrying `traceparent` as its trace field: any it had are
+/// removed (all of them: one left behind would be read in place of the new
+/// one), and the new one goes right before the closing STOP byte; the
 /// frame length is rewritten. Messages other than calls, and calls whose
 /// body is not one well-formed struct, come back unchanged.
 pub fn with_trace_field(msg: Message, traceparent: &str) -> Message {
     if !carries_args(&msg) {
         return msg;
     }
-    let Some(found) = scan(msg.body()) else {
+    let Some(mut found) = scan(msg.body(), 0) else {
         return msg;
     };
     let base = msg.frame_len() - msg.body().len();
     let mut buf = msg.into_inner();
-    if let Some(old) = found.field {
+    while let Some(old) = found.field {
         // Close the gap: everything after the old field moves up.
         let (from, to) = (base + old.end, base + old.start);
         let len = buf.len();
         buf.copy_within(from..len, to);
         buf.truncate(len - old.len());
+        // The fields before it held no trace field: go on from its place.
+        match scan(&buf[base..], old.start) {
+            Some(rest) => found = rest,
+            None => break,
+        }
     }
     // The closing STOP byte is written again after the new field.
     buf.truncate(buf.len() - 1);
@@ -159,6 +166,19 @@ mod tests {
         body.extend_from_slice(ARGS);
         let m = with_trace_field(call(&body), TP2);
         assert_eq!(m.body(), with_trace_field(call(ARGS), TP2).body());
+    }
+
+    #[test]
+    fn every_trace_field_a_client_sent_is_replaced_by_ours() {
+        // Two trace fields around a real argument: found by fuzzing (the
+        // second one used to stay, and was read instead of ours).
+        let mut body = field("forged-1");
+        body.extend_from_slice(&ARGS[..ARGS.len() - 1]);
+        body.extend_from_slice(&field("forged-2"));
+        body.push(0);
+        let m = with_trace_field(call(&body), TP);
+        assert_eq!(trace_field(&m), Some(TP));
+        assert_eq!(m.body(), with_trace_field(call(ARGS), TP).body());
     }
 
     #[test]
