@@ -192,3 +192,26 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Registry>, RegistryError> {
         RegistrySpec::Local(dir) => Ok(Arc::new(local::LocalRegistry::open(dir, &config.product)?)),
     }
 }
+
+/// The record and drain-mark logic that is otherwise private, for the
+/// fuzz targets (`fuzz/`). Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::{DrainSet, Endpoint, RegistryError, ServiceMap};
+
+    pub fn parse_record(bytes: &[u8], product: &str) -> Result<Endpoint, String> {
+        crate::parse_record(bytes, product)
+    }
+
+    pub fn record_with_product(endpoint: &Endpoint, product: &str) -> Vec<u8> {
+        crate::record_with_product(endpoint, product)
+    }
+
+    pub fn mark(map: &mut ServiceMap, drained: &DrainSet) {
+        crate::drain::mark(map, drained)
+    }
+
+    pub fn check_names(product: &str, service: &str, id: &str) -> Result<(), RegistryError> {
+        crate::drain::check_names(product, service, id)
+    }
+}
