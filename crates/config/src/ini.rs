@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use rpc_transport::tls::TlsFiles;
 use rpc_transport::Address;
 use thiserror::Error;
 
@@ -225,6 +226,10 @@ pub struct Config {
     pub trace_sample_ratio: f64,
     /// `service.name` of the spans; none: the binary's name.
     pub otlp_service_name: Option<String>,
+    /// TLS on the proxy → endpoint hop (`tls_cert_file`, `tls_key_file`,
+    /// and `tls_client_ca_file` for a service or LB, `tls_ca_file` for a
+    /// proxy); checked at load, re-read on SIGHUP.
+    pub tls: TlsFiles,
 
     /// Keys this version does not know (kept, and warned about at load).
     pub unknown: BTreeMap<String, String>,
@@ -279,6 +284,7 @@ impl Default for Config {
             otlp_endpoint: None,
             trace_sample_ratio: 1.0,
             otlp_service_name: None,
+            tls: TlsFiles::default(),
             unknown: BTreeMap::new(),
         }
     }
@@ -333,6 +339,13 @@ fn hide_password(value: &str) -> String {
         (Some(scheme), Some(user), Some(_)) => format!("{scheme}:{user}:…"),
         _ => "…".into(),
     }
+}
+
+/// A TLS file: made absolute, since SIGHUP reads it again (possibly
+/// after `--work-dir` changed the working directory).
+fn tls_path(value: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(opt(value)?);
+    Some(std::path::absolute(&p).unwrap_or(p))
 }
 
 fn opt(value: &str) -> Option<String> {
@@ -412,6 +425,9 @@ impl Config {
                 "must exceed heartbeat_interval_ms",
             ));
         }
+        c.tls
+            .validate()
+            .map_err(|e| invalid(e.key, &e.path.display().to_string(), e.reason))?;
         Ok(c)
     }
 
@@ -523,6 +539,10 @@ impl Config {
                 _ => return Err(invalid(k, v, "expected a ratio from 0 to 1")),
             },
             "otlp_service_name" => self.otlp_service_name = opt(v),
+            "tls_cert_file" => self.tls.cert = tls_path(v),
+            "tls_key_file" => self.tls.key = tls_path(v),
+            "tls_client_ca_file" => self.tls.client_ca = tls_path(v),
+            "tls_ca_file" => self.tls.ca = tls_path(v),
             _ => {
                 tracing::warn!(key = k, "unknown configuration key ignored");
                 self.unknown.insert(k.into(), v.into());
@@ -821,5 +841,64 @@ mod tests {
         assert_eq!(c.worker_restart_backoff, Duration::from_millis(500));
         let e = Config::parse("worker_command = run 'unbalanced\n").unwrap_err();
         assert!(e.to_string().contains("worker_command"), "{e}");
+    }
+
+    #[test]
+    fn tls_keys_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rpc_testkit::tls::TestCa::new(dir.path(), "fleet");
+        let server = ca.server("endpoint");
+        let path = |p: &Option<PathBuf>| p.as_ref().unwrap().display().to_string();
+        let text = format!(
+            "tls_cert_file = {}\ntls_key_file = {}\ntls_client_ca_file = {}\n",
+            path(&server.cert),
+            path(&server.key),
+            path(&server.client_ca)
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.tls, server);
+        assert!(c.tls.serves() && !c.tls.dials());
+
+        let client = ca.client("proxy");
+        let text = format!(
+            "tls_ca_file = {}\ntls_cert_file = {}\ntls_key_file = {}\n",
+            path(&client.ca),
+            path(&client.cert),
+            path(&client.key)
+        );
+        assert!(Config::parse(&text).unwrap().tls.dials());
+
+        // The key of another certificate.
+        let text = format!(
+            "tls_ca_file = {}\ntls_cert_file = {}\ntls_key_file = {}\n",
+            path(&client.ca),
+            path(&client.cert),
+            path(&server.key)
+        );
+        let e = Config::parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("tls_key_file") && e.contains("does not match"),
+            "{e}"
+        );
+        // A certificate alone, or a missing file.
+        let e = Config::parse(&format!(
+            "tls_client_ca_file = {}\n",
+            path(&server.client_ca)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tls_cert_file") && e.contains("missing"), "{e}");
+        let e = Config::parse("tls_ca_file = /nonexistent/ca.pem\ntls_cert_file = /nonexistent/c.pem\ntls_key_file = /nonexistent/k.pem\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read"), "{e}");
+        // Relative paths are made absolute (SIGHUP reads them again).
+        let c = Config::parse("tls_ca_file = ca.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            c.contains(&std::env::current_dir().unwrap().display().to_string()),
+            "{c}"
+        );
     }
 }

@@ -8,7 +8,11 @@
 //!
 //! During an upgrade ([`FrontSettings::handoff`] set) a connection told to
 //! stop hands its socket to the successor instead of closing, once every
-//! request it read is answered: the proxy keeps its connection.
+//! request it read is answered: the proxy keeps its connection. A TLS
+//! connection cannot be handed over (its session lives in this process):
+//! it closes at that point instead, and the proxy reopens it at once, to
+//! the successor. A call the proxy wrote just before it saw the close is
+//! lost (failed, not retried), as when an endpoint restarts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -107,6 +111,7 @@ pub async fn serve(
             settings.rpc_timeout,
         ),
         spans: (settings.tracing.clone()).map(|t| Spans::new(t, settings.service.clone())),
+        tls: stream.is_tls(),
     };
     // Borrowed, not moved: the watch must live until the connection ends,
     // since the server's drain waits for it.
@@ -133,6 +138,8 @@ struct FrontConn<'a> {
     /// How this wake-up's requests ended; added to the shared counters once.
     tally: Tally,
     spans: Option<Spans>,
+    /// A TLS session: closed, not handed over, on an upgrade.
+    tls: bool,
 }
 
 impl Hop for FrontConn<'_> {
@@ -204,7 +211,7 @@ impl Hop for FrontConn<'_> {
     }
 
     fn on_shutdown(&mut self, _cx: &mut Cx<'_>) -> Flow {
-        if self.settings.handoff.get().is_some() {
+        if self.settings.handoff.get().is_some() && !self.tls {
             Flow::HandOff
         } else {
             Flow::Close

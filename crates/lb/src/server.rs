@@ -11,6 +11,12 @@
 //! every connection is over, the successor registers the endpoint at once
 //! (replacing the old entry, same path) and says so; only then does the old
 //! LB exit, so the endpoint never leaves the registry.
+//!
+//! With TLS keys (`tls_cert_file`, `tls_key_file`, `tls_client_ca_file`)
+//! the frontend accepts TLS only and the endpoint is registered with
+//! `"tls": true`. TLS connections are not handed over on an upgrade: they
+//! close once everything read from them is answered, and proxies reopen
+//! them to the successor.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
@@ -23,6 +29,7 @@ use rpc_config::otel::Tracing;
 use rpc_config::Config;
 use rpc_engine::{drain, serve};
 use rpc_registry::{Endpoint, Registry};
+use rpc_transport::tls::TlsServer;
 use rpc_transport::{handoff, Address, Listener, Stream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
@@ -52,6 +59,8 @@ pub struct LbHandle {
     status_fd: Option<RawFd>,
     /// What a proxy connection handed over by a predecessor is served with.
     proxies: Proxies,
+    /// The frontend's TLS keys, if it accepts TLS only.
+    tls: Option<Arc<TlsServer>>,
 }
 
 /// What the LB's proxy connections share (the drain watch: each its own).
@@ -100,9 +109,19 @@ impl LbHandle {
             .unwrap_or_default()
     }
 
-    /// Replaces every supervised worker, one after another, each new one
-    /// connected before its old one stops (`SIGHUP`).
+    /// Reads the TLS files again, if any (connections accepted from now
+    /// on use them; on error the current ones stay), then replaces every
+    /// supervised worker, one after another, each new one connected before
+    /// its old one stops (`SIGHUP`).
     pub async fn reload(&self) {
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the current certificates")
+                }
+            }
+        }
         match &self.supervisor {
             Some(s) => s.reload().await,
             None => tracing::info!("reload: no supervised workers (worker_command is not set)"),
@@ -247,6 +266,15 @@ fn launch(
             anyhow::bail!(e);
         }
     };
+    let tls = match TlsServer::from_files(&config.tls) {
+        Ok(t) => t,
+        Err(e) => {
+            if taken_over {
+                leave_to_predecessor(vec![front, back]);
+            }
+            anyhow::bail!("TLS: {e}");
+        }
+    };
     let (front_addr, back_addr) = (front.local_address(), back.local_address());
     let fds = vec![
         (front_addr.clone(), front.as_raw_fd()),
@@ -275,7 +303,8 @@ fn launch(
     let activity = Arc::new(Activity::new());
 
     let sweeper = tokio::spawn(dispatcher.clone().sweep_expired());
-    let endpoint = Endpoint::new(service, &front_addr.to_string());
+    let mut endpoint = Endpoint::new(service, &front_addr.to_string());
+    endpoint.tls = tls.is_some();
     let (register_tx, register_rx) = mpsc::unbounded_channel();
     let registration = register(
         config,
@@ -293,7 +322,7 @@ fn launch(
         activity: activity.clone(),
         watch: front_watch,
     };
-    let front_loop = accept_proxies(front, limit, proxies.clone());
+    let front_loop = accept_proxies(front, limit, proxies.clone(), tls.clone());
     let back_loop = accept_workers(back, limit, back_watch, &dispatcher, worker_settings);
     let metrics_address = match status {
         Some(l) => {
@@ -346,6 +375,7 @@ fn launch(
         fds,
         status_fd,
         proxies,
+        tls,
     })
 }
 
@@ -376,8 +406,14 @@ fn register(
     ))
 }
 
-/// Serves the proxies' connections accepted on `l`.
-fn accept_proxies(l: Listener, limit: usize, proxies: Proxies) -> JoinHandle<()> {
+/// Serves the proxies' connections accepted on `l`, over TLS only if
+/// `tls` (the handshake on the connection's own task).
+fn accept_proxies(
+    l: Listener,
+    limit: usize,
+    proxies: Proxies,
+    tls: Option<Arc<TlsServer>>,
+) -> JoinHandle<()> {
     let limit = Arc::new(Semaphore::new(limit));
     let watch = proxies.watch.clone();
     tokio::spawn(serve::accept(l, limit, watch, move |stream, drain| {
@@ -387,7 +423,20 @@ fn accept_proxies(l: Listener, limit: usize, proxies: Proxies) -> JoinHandle<()>
             activity: proxies.activity.clone(),
             watch: drain,
         };
-        serve_proxy(stream, BytesMut::new(), conn)
+        let tls = tls.clone();
+        async move {
+            let stream = match tls {
+                None => stream,
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "proxy connection closed");
+                        return;
+                    }
+                },
+            };
+            serve_proxy(stream, BytesMut::new(), conn).await
+        }
     }))
 }
 

@@ -20,6 +20,12 @@
 //!   in flight wait; anything heard makes it `Up` again;
 //! - `heartbeat_timeout` after the last frame heard (to the wake-up, not
 //!   the next tick) the connection is lost and its calls in flight fail.
+//!
+//! An endpoint that registered `"tls": true` is dialled over TLS with the
+//! proxy's keys (`BackendSettings::tls`), the handshake inside the connect
+//! timeout. A TLS connection the endpoint closed cleanly after at least a
+//! second is reopened at once rather than after the backoff: that is how
+//! an upgrading LB lets go of TLS connections, which it cannot hand over.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,6 +36,7 @@ use std::task::{Context, Poll};
 use rpc_codec::{heartbeat, Message, MessageType};
 use rpc_engine::conn::{self, End};
 use rpc_engine::{Cx, Failure, Flow, Hop, Lost, Options, SeqTable};
+use rpc_transport::tls::TlsClient;
 use rpc_transport::{Address, Stream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
@@ -94,12 +101,17 @@ pub struct BackendSettings {
     pub connect_timeout: Duration,
     /// Time constant of the latency estimate (`balance_decay_ms`).
     pub latency_decay: Duration,
+    /// The proxy's TLS keys (`tls_ca_file` and its certificate), for the
+    /// endpoints that registered `"tls": true`.
+    pub tls: Option<Arc<TlsClient>>,
 }
 
 /// The handle routes hold. Cheap to share; the task does the work.
 pub struct Backend {
     pub service: String,
     pub address: Address,
+    /// Dialled over TLS (the endpoint registered `"tls": true`).
+    pub tls: bool,
     /// The address as failures name it.
     peer: Arc<str>,
     tx: mpsc::Sender<Job>,
@@ -117,7 +129,14 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn spawn(service: String, address: Address, settings: BackendSettings) -> Arc<Backend> {
+    /// A connection to `address`, over TLS if `tls` (the proxy's keys are
+    /// `settings.tls`, which must then be set).
+    pub fn spawn(
+        service: String,
+        address: Address,
+        tls: bool,
+        settings: BackendSettings,
+    ) -> Arc<Backend> {
         // The channel only buffers what the task has not picked up yet; the
         // real in-flight bound is `max_inflight`, enforced by the task.
         let (tx, rx) = mpsc::channel(settings.max_inflight.clamp(16, 1024));
@@ -126,6 +145,7 @@ impl Backend {
             service,
             peer: address.to_string().into(),
             address,
+            tls,
             tx,
             state: AtomicU8::new(State::Connecting as u8),
             outstanding: AtomicUsize::new(0),
@@ -251,13 +271,22 @@ async fn run(
             break;
         }
         b.set_state(State::Connecting);
+        let connect = async {
+            let stream = Stream::connect(&b.address).await?;
+            match (&s.tls, b.tls) {
+                (Some(tls), true) => tls.handshake(&b.address, stream).await,
+                _ => Ok(stream),
+            }
+        };
         let connected = tokio::select! {
-            r = timeout(s.connect_timeout, Stream::connect(&b.address)) => r,
+            r = timeout(s.connect_timeout, connect) => r,
             _ = drain.changed() => break,
         };
+        let mut at_once = false;
         match connected {
             Ok(Ok(stream)) => {
-                tracing::info!(service = %b.service, endpoint = %b.address, "backend connected");
+                tracing::info!(service = %b.service, endpoint = %b.address, tls = b.tls, "backend connected");
+                let opened = Instant::now();
                 let mut hop = BackendConn::new(&b, &mut rx, &s, probe);
                 let mut stop = drain.clone();
                 let drained = async move {
@@ -278,6 +307,9 @@ async fn run(
                     probe = true;
                 }
                 reject_queued(&b, &mut rx);
+                at_once = b.tls
+                    && lost == Some(Lost::Closed)
+                    && opened.elapsed() >= Duration::from_secs(1);
                 match lost {
                     None => break,
                     Some(cause) => {
@@ -295,6 +327,9 @@ async fn run(
                 probe = true;
                 tracing::warn!(service = %b.service, endpoint = %b.address, "backend connect timed out")
             }
+        }
+        if at_once {
+            continue;
         }
         // Wait out the backoff, turning away anything that slipped in.
         let until = Instant::now() + backoff;

@@ -50,7 +50,11 @@ pub struct RouteManager {
     product: String,
     settings: BackendSettings,
     balance: rpc_config::Balance,
-    live: HashMap<(String, String), Arc<Backend>>,
+    /// By service, frontend and TLS (an endpoint that comes back with TLS
+    /// on or off gets a new connection).
+    live: HashMap<(String, String, bool), Arc<Backend>>,
+    /// TLS endpoints skipped for want of TLS keys, warned about once.
+    skipped_tls: HashSet<(String, String)>,
     balancers: HashMap<String, Arc<Balancer>>,
     publish: watch::Sender<Arc<Routes>>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -70,6 +74,7 @@ impl RouteManager {
                 settings,
                 balance,
                 live: HashMap::new(),
+                skipped_tls: HashSet::new(),
                 balancers: HashMap::new(),
                 publish,
                 metrics,
@@ -97,7 +102,17 @@ impl RouteManager {
                     tracing::debug!(%service, frontend = %ep.frontend, "unix endpoint skipped outside product test");
                     continue;
                 }
-                let key = (service.clone(), ep.frontend.clone());
+                // A TLS-only endpoint is no use without TLS keys.
+                if ep.tls && self.settings.tls.is_none() {
+                    if self
+                        .skipped_tls
+                        .insert((service.clone(), ep.frontend.clone()))
+                    {
+                        tracing::warn!(%service, frontend = %ep.frontend, "endpoint accepts TLS only and this proxy has no TLS keys (tls_ca_file, tls_cert_file, tls_key_file): skipped");
+                    }
+                    continue;
+                }
+                let key = (service.clone(), ep.frontend.clone(), ep.tls);
                 if !wanted.insert(key.clone()) {
                     continue;
                 }
@@ -105,8 +120,9 @@ impl RouteManager {
                     .live
                     .entry(key)
                     .or_insert_with(|| {
-                        tracing::info!(%service, endpoint = %address, "endpoint added");
-                        Backend::spawn(service.clone(), address.clone(), self.settings.clone())
+                        tracing::info!(%service, endpoint = %address, tls = ep.tls, "endpoint added");
+                        let settings = self.settings.clone();
+                        Backend::spawn(service.clone(), address.clone(), ep.tls, settings)
                     })
                     .clone();
                 if backend.set_marked_drained(ep.draining) {
@@ -141,6 +157,10 @@ impl RouteManager {
         }
         self.balancers
             .retain(|service, _| map.contains_key(service));
+        self.skipped_tls.retain(|(service, frontend)| {
+            map.get(service)
+                .is_some_and(|eps| eps.iter().any(|e| &e.frontend == frontend && e.tls))
+        });
         self.live.retain(|key, backend| {
             let keep = wanted.contains(key);
             if !keep {

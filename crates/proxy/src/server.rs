@@ -11,6 +11,7 @@ use rpc_config::otel::Tracing;
 use rpc_config::Config;
 use rpc_engine::{drain, serve};
 use rpc_registry::Registry;
+use rpc_transport::tls::TlsClient;
 use rpc_transport::{handoff, Address, Listener};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -34,9 +35,29 @@ pub struct ProxyHandle {
     routes: tokio::sync::watch::Receiver<Arc<crate::routes::Routes>>,
     settings: Arc<ClientSettings>,
     watch: drain::Watch,
+    /// The keys endpoints with `"tls": true` are dialled with.
+    tls: Option<Arc<TlsClient>>,
 }
 
 impl ProxyHandle {
+    /// Whether the proxy has TLS keys (dials TLS endpoints).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Reads the TLS files again (SIGHUP): connections opened from now on
+    /// use them; on error the current ones stay, and the error is logged.
+    pub fn reload_tls(&self) {
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the current certificates")
+                }
+            }
+        }
+    }
+
     /// The addresses actually bound (port 0 resolved).
     pub fn addresses(&self) -> &[Address] {
         &self.addresses
@@ -141,6 +162,7 @@ pub async fn start_on(
         .collect();
     let status_fd = status.as_ref().map(|l| l.as_raw_fd());
 
+    let tls = TlsClient::from_files(&config.tls).context("TLS")?;
     let settings = BackendSettings {
         max_frame: config.max_frame_size,
         max_inflight: config.backend_max_inflight,
@@ -149,6 +171,7 @@ pub async fn start_on(
         drain_timeout: config.drain_timeout,
         connect_timeout: Duration::from_secs(3),
         latency_decay: config.balance_decay,
+        tls: tls.clone(),
     };
     let metrics = Metrics::new(config.metrics_max_methods);
     let tracer = Tracing::from_config(config, "rpc-proxy", env!("CARGO_PKG_VERSION"))
@@ -227,6 +250,7 @@ pub async fn start_on(
         routes,
         settings,
         watch,
+        tls,
     })
 }
 

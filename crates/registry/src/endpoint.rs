@@ -15,6 +15,12 @@ pub struct Endpoint {
     pub hostname: String,
     #[serde(default)]
     pub start_time: String,
+    /// The endpoint accepts TLS only (mutual authentication): proxies
+    /// with TLS keys dial it over TLS, others skip it. Written only when
+    /// true, so plain records stay as the original wrote them; readers
+    /// that do not know the field ignore it (SPEC §6).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tls: bool,
     /// Whether an operator drained the endpoint (`rpcctl drain`): proxies
     /// send it no new calls. Not part of the record (never written or
     /// read as JSON): readers fill it in from the drain marks, which live
@@ -37,9 +43,14 @@ impl Endpoint {
             code_url_version: String::new(),
             hostname: hostname(),
             start_time: now_local(),
+            tls: false,
             draining: false,
         }
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// `service_id` from a frontend address: `.` and `:` become `_`, `/` is
@@ -114,5 +125,18 @@ mod tests {
         let full = Endpoint::new("echo", "127.0.0.1:5555");
         assert_eq!(full.service_id, "127_0_0_1_5555");
         assert_eq!(full.start_time.len(), 19);
+        assert!(!full.tls);
+    }
+
+    #[test]
+    fn tls_is_written_only_when_set() {
+        let mut e = Endpoint::new("echo", "127.0.0.1:5555");
+        let plain = serde_json::to_string(&e).unwrap();
+        assert!(!plain.contains("tls"), "{plain}");
+        e.tls = true;
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains(r#""tls":true"#), "{json}");
+        let back: Endpoint = serde_json::from_str(&json).unwrap();
+        assert!(back.tls);
     }
 }

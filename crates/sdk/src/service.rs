@@ -12,6 +12,7 @@ use rpc_engine::lost::protocol_error;
 use rpc_engine::{conn, drain, serve};
 use rpc_engine::{Cx, Flow, Hop, Options};
 use rpc_registry::{Endpoint, Registration, Registry};
+use rpc_transport::tls::TlsServer;
 use rpc_transport::{Address, Listener, Stream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -26,6 +27,11 @@ use crate::Handler;
 /// [`Service::listen_on`]), registers `Endpoint::new(service, address)`
 /// for each once listening (unless `stand_alone=1`), echoes heartbeats and
 /// runs requests concurrently, writing each reply as soon as it is ready.
+///
+/// With `tls_cert_file`, `tls_key_file` and `tls_client_ca_file` it
+/// accepts TLS only, from clients whose certificate that CA signed, and
+/// registers `"tls": true`; a failed handshake closes that connection
+/// with a log line naming the peer and why.
 pub struct Service {
     config: Config,
     handler: Arc<dyn Handler>,
@@ -68,6 +74,7 @@ impl Service {
     /// Binds, starts serving, then registers. Returns once registered.
     pub async fn start(self) -> anyhow::Result<ServiceHandle> {
         let config = self.config;
+        let tls = TlsServer::from_files(&config.tls).context("TLS")?;
         let mut binds = self.addresses;
         if binds.is_empty() {
             binds.push(config.front_address().context("no address to listen on")?);
@@ -97,6 +104,7 @@ impl Service {
             .into_iter()
             .map(|l| {
                 let conn = conn.clone();
+                let tls = tls.clone();
                 tokio::spawn(serve::accept(
                     l,
                     limit.clone(),
@@ -104,7 +112,22 @@ impl Service {
                     move |stream, drain| {
                         conn.tracker.accepted();
                         let conn = conn.clone();
-                        async move { serve_conn(stream, &conn, drain).await }
+                        let tls = tls.clone();
+                        async move {
+                            let stream = match tls {
+                                None => stream,
+                                // On the connection's own task: a slow
+                                // handshake holds up no other.
+                                Some(tls) => match tls.accept(stream).await {
+                                    Ok(s) => s,
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "connection closed");
+                                        return;
+                                    }
+                                },
+                            };
+                            serve_conn(stream, &conn, drain).await
+                        }
                     },
                 ))
             })
@@ -115,7 +138,8 @@ impl Service {
             (Vec::new(), None)
         } else {
             let version = self.code_url_version.as_deref();
-            let (regs, reg) = register(&config, self.registry, &addresses, version).await?;
+            let tls = tls.is_some();
+            let (regs, reg) = register(&config, self.registry, &addresses, version, tls).await?;
             (regs, Some(reg))
         };
 
@@ -128,13 +152,27 @@ impl Service {
             accept,
             quiet_period: config.quiet_period,
             stop_timeout: config.stop_timeout,
+            tls,
         })
     }
 
-    /// Serves until SIGTERM or SIGINT, then stops gracefully.
+    /// Serves until SIGTERM or SIGINT, then stops gracefully. With TLS,
+    /// SIGHUP reads the certificate files again.
     pub async fn run(self) -> anyhow::Result<()> {
         let handle = self.start().await?;
-        crate::wait_for_signal().await;
+        match &handle.tls {
+            None => crate::wait_for_signal().await,
+            Some(_) => {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut hup = signal(SignalKind::hangup())?;
+                loop {
+                    tokio::select! {
+                        _ = crate::wait_for_signal() => break,
+                        _ = hup.recv() => handle.reload_tls(),
+                    }
+                }
+            }
+        }
         tracing::info!("signal received, stopping");
         handle.stop().await;
         Ok(())
@@ -161,9 +199,29 @@ pub struct ServiceHandle {
     accept: Vec<JoinHandle<()>>,
     quiet_period: Duration,
     stop_timeout: Duration,
+    tls: Option<Arc<TlsServer>>,
 }
 
 impl ServiceHandle {
+    /// Whether the service accepts TLS only.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Reads the TLS files again (SIGHUP): connections accepted from now
+    /// on use them; on error the current ones stay, and the error is
+    /// logged.
+    pub fn reload_tls(&self) {
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the current certificates")
+                }
+            }
+        }
+    }
+
     /// The (first) address actually bound (port 0 resolved).
     pub fn address(&self) -> &Address {
         &self.addresses[0]
@@ -238,6 +296,7 @@ async fn register(
     registry: Option<Arc<dyn Registry>>,
     addresses: &[Address],
     code_url_version: Option<&str>,
+    tls: bool,
 ) -> anyhow::Result<(Vec<Registration>, Arc<dyn Registry>)> {
     let service = config
         .service
@@ -252,6 +311,7 @@ async fn register(
     let mut registrations = Vec::new();
     for address in addresses {
         let mut endpoint = Endpoint::new(&service, &address.to_string());
+        endpoint.tls = tls;
         if let Some(v) = code_url_version {
             endpoint.code_url_version = v.to_string();
         }

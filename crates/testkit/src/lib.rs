@@ -12,6 +12,7 @@ mod memory;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 mod peer;
+pub mod tls;
 pub mod worker;
 
 pub use memory::MemRegistry;

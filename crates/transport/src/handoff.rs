@@ -188,7 +188,15 @@ impl Upgrade {
     /// Hands a client connection over between two requests, with the
     /// bytes already read from it. Our copy closes without a FIN: the
     /// successor's keeps the connection open.
+    /// A TLS session cannot be passed (its keys live in this process):
+    /// refused with `Unsupported`, the connection left to the caller.
     pub async fn send_connection(&mut self, stream: Stream, buffered: &[u8]) -> io::Result<()> {
+        if stream.is_tls() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a TLS connection cannot be handed over",
+            ));
+        }
         let unix = matches!(stream, Stream::Unix(_));
         self.ch
             .send(

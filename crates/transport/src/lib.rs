@@ -5,9 +5,10 @@ mod address;
 pub mod handoff;
 mod reader;
 mod stream;
+pub mod tls;
 mod writer;
 
 pub use address::Address;
 pub use reader::FrameReader;
-pub use stream::{Listener, ReadHalf, Stream, WriteHalf};
+pub use stream::{Listener, ReadHalf, Stream, TlsStream, WriteHalf};
 pub use writer::FrameWriter;

@@ -7,11 +7,17 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 use crate::Address;
 
-/// A connected TCP or Unix stream.
+/// The TLS session over a connected stream (see [`crate::tls`]).
+pub type TlsStream = tokio_rustls::TlsStream<Stream>;
+
+/// A connected TCP or Unix stream, or a TLS session over one. The TLS
+/// variant is boxed: plain streams keep their size and pay one more
+/// match arm, nothing else.
 #[derive(Debug)]
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<TlsStream>),
 }
 
 impl Stream {
@@ -38,6 +44,10 @@ impl Stream {
                 let (r, w) = s.into_split();
                 (ReadHalf::Unix(r), WriteHalf::Unix(w))
             }
+            Stream::Tls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (ReadHalf::Tls(r), WriteHalf::Tls(w))
+            }
         }
     }
 
@@ -51,6 +61,9 @@ impl Stream {
             (ReadHalf::Unix(r), WriteHalf::Unix(w)) => {
                 r.reunite(w).map(Stream::Unix).map_err(|_| mismatch())
             }
+            (ReadHalf::Tls(r), WriteHalf::Tls(w)) if r.is_pair_of(&w) => {
+                Ok(Stream::Tls(Box::new(r.unsplit(w))))
+            }
             _ => Err(mismatch()),
         }
     }
@@ -61,6 +74,7 @@ impl Stream {
         match self {
             Stream::Unix(s) => s.peer_cred().ok()?.pid().map(|p| p as u32),
             Stream::Tcp(_) => None,
+            Stream::Tls(s) => s.get_ref().0.peer_pid(),
         }
     }
 
@@ -69,6 +83,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => Some((s.local_addr().ok()?, s.peer_addr().ok()?)),
             Stream::Unix(_) => None,
+            Stream::Tls(s) => s.get_ref().0.tcp_addrs(),
         }
     }
 
@@ -79,7 +94,14 @@ impl Stream {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "tcp:?".into()),
             Stream::Unix(_) => "unix".into(),
+            Stream::Tls(s) => s.get_ref().0.peer(),
         }
+    }
+
+    /// Whether this is a TLS session (which cannot be handed to another
+    /// process: its keys live in this one).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
     }
 }
 
@@ -88,22 +110,28 @@ impl Stream {
 pub enum ReadHalf {
     Tcp(tokio::net::tcp::OwnedReadHalf),
     Unix(tokio::net::unix::OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsStream>),
 }
 
 impl ReadHalf {
-    /// Waits until a read would not block.
+    /// Waits until a read would not block. A TLS session returns at once:
+    /// bytes on the socket need not make a record, so its reads wait
+    /// themselves (`poll_read`).
     pub async fn readable(&self) -> io::Result<()> {
         match self {
             ReadHalf::Tcp(s) => s.readable().await,
             ReadHalf::Unix(s) => s.readable().await,
+            ReadHalf::Tls(_) => Ok(()),
         }
     }
 
     /// Reads what is available without waiting (`WouldBlock` if nothing).
+    /// Not for TLS sessions (`Unsupported`): read them with `poll_read`.
     pub fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
         match self {
             ReadHalf::Tcp(s) => s.try_read_buf(buf),
             ReadHalf::Unix(s) => s.try_read_buf(buf),
+            ReadHalf::Tls(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 }
@@ -113,6 +141,7 @@ impl ReadHalf {
 pub enum WriteHalf {
     Tcp(tokio::net::tcp::OwnedWriteHalf),
     Unix(tokio::net::unix::OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsStream>),
 }
 
 macro_rules! delegate_read {
@@ -126,6 +155,7 @@ macro_rules! delegate_read {
                 match self.get_mut() {
                     Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
                     Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+                    Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
                 }
             }
         }
@@ -143,6 +173,7 @@ macro_rules! delegate_write {
                 match self.get_mut() {
                     Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
                     Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+                    Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
                 }
             }
             fn poll_write_vectored(
@@ -153,6 +184,7 @@ macro_rules! delegate_write {
                 match self.get_mut() {
                     Self::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
                     Self::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                    Self::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
                 }
             }
             fn is_write_vectored(&self) -> bool {
@@ -162,12 +194,14 @@ macro_rules! delegate_write {
                 match self.get_mut() {
                     Self::Tcp(s) => Pin::new(s).poll_flush(cx),
                     Self::Unix(s) => Pin::new(s).poll_flush(cx),
+                    Self::Tls(s) => Pin::new(s).poll_flush(cx),
                 }
             }
             fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 match self.get_mut() {
                     Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
                     Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+                    Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
                 }
             }
         }
@@ -249,6 +283,7 @@ impl std::os::fd::AsRawFd for Stream {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.get_ref().0.as_raw_fd(),
         }
     }
 }

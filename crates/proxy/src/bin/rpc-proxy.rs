@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use rpc_config::CommonArgs;
 use rpc_transport::handoff::{self, Handoff};
+use tokio::signal::unix::{signal, SignalKind};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -42,8 +43,14 @@ fn main() -> anyhow::Result<()> {
         };
         let handoff = Handoff::listen(&control)
             .with_context(|| format!("cannot listen for upgrades on {}", control.display()))?;
+        // With TLS keys, SIGHUP reads them again.
+        let mut hup = match proxy.is_tls() {
+            true => Some(signal(SignalKind::hangup())?),
+            false => None,
+        };
         loop {
             tokio::select! {
+                Some(_) = async { hup.as_mut()?.recv().await } => proxy.reload_tls(),
                 _ = rpc_config::wait_for_signal() => {
                     tracing::info!("stopping: finishing requests in flight");
                     rpc_config::stop_or_exit(proxy.shutdown()).await;
