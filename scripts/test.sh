@@ -99,6 +99,13 @@ if [ -x java/test.sh ]; then
     suite java bash java/test.sh
 fi
 
+# One product mixing every implementation: stock Go, Java and Python clients
+# × Java, Go and Rust services, Python workers behind rpc-lb, and
+# registry records written as the original's components wrote them.
+if [ -x tests/mixed/run.sh ]; then
+    suite mixed bash tests/mixed/run.sh
+fi
+
 # The Debian package, built, installed, run as its units would and removed
 # (it needs root: it installs a package and creates a user).
 if [ "$(id -u)" = 0 ] && command -v dpkg >/dev/null; then
