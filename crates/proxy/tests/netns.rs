@@ -512,10 +512,16 @@ async fn endpoint_states() -> HashMap<(String, String), String> {
     out
 }
 
+/// The proxy's state for a `bench` endpoint: "Up", "Suspect", …,
+/// "absent" (not listed), or "unknown" (no status page answer).
 async fn state_of(endpoint: &str) -> String {
-    endpoint_states()
-        .await
-        .remove(&("bench".to_string(), endpoint.to_string()))
+    let states = endpoint_states().await;
+    if states.is_empty() {
+        return "unknown".into();
+    }
+    states
+        .get(&("bench".to_string(), endpoint.to_string()))
+        .cloned()
         .unwrap_or_else(|| "absent".into())
 }
 
@@ -849,6 +855,10 @@ async fn cut(
     }
     let load = Load::start(*seqid).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !served_since(&stack.spans, a, *seqid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let t0 = Instant::now();
     if let Err(e) = apply() {
@@ -858,7 +868,7 @@ async fn cut(
     }
     let mut detected = None;
     while t0.elapsed() < CUT_FOR {
-        if detected.is_none() && state_of(a).await != "Up" {
+        if detected.is_none() && !["Up", "unknown"].contains(&&*state_of(a).await) {
             detected = Some(t0.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -938,6 +948,7 @@ async fn cut(
         "failed: allowed / seen",
         format!("{allowed} / {}", failed.len()),
     );
+    r.row("calls served by sa before the cut", before.to_string());
     r.row("detected (proxy shows sa not Up)", ms(detected));
     r.row("last call routed to sa after the cut", ms(last_to_a));
     r.row(
@@ -1014,9 +1025,9 @@ async fn slow(net: &Net, procs: &mut Procs, stack: &Stack, seqid: &mut i32, dir:
     while state_of(a).await != "Up" && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let load = Load::start(*seqid).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let t0 = Instant::now();
+    let mut load = Load::start(*seqid).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut calls = Vec::new();
     let slowed = if net.netem {
         net.tc(
             "sa",
@@ -1025,6 +1036,9 @@ async fn slow(net: &Net, procs: &mut Procs, stack: &Stack, seqid: &mut i32, dir:
             ],
         )
     } else {
+        // Paused while sa restarts: the bench server stops without a
+        // quiet period, so calls racing its deregistration would fail.
+        calls = load.finish().await;
         procs.stop("sa", Duration::from_secs(5)).await;
         let server = cargo_bin("rpc-bench-server");
         let ini = dir.join("sa.ini");
@@ -1044,14 +1058,17 @@ async fn slow(net: &Net, procs: &mut Procs, stack: &Stack, seqid: &mut i32, dir:
         while state_of(a).await != "Up" && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let next = calls.iter().map(|c| c.seqid + 1).max().unwrap_or(*seqid);
+        load = Load::start(next).await;
         Ok(())
     };
+    let t0 = Instant::now();
     // The estimate takes a slow reply at once (peak EWMA); measured from
     // one second on, for three.
-    let from = Instant::now() + Duration::from_secs(1);
+    let from = t0 + Duration::from_secs(1);
     let until = from + Duration::from_secs(3);
     tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
-    let calls = load.finish().await;
+    calls.extend(load.finish().await);
     *seqid = calls.iter().map(|c| c.seqid + 1).max().unwrap_or(*seqid);
     if let Err(e) = slowed {
         r.violations.push(format!("could not slow sa down: {e}"));
@@ -1082,7 +1099,7 @@ async fn slow(net: &Net, procs: &mut Procs, stack: &Stack, seqid: &mut i32, dir:
     r.row("calls (bench + lbbench)", format!("{}", calls.len()));
     r.row("failed: allowed / seen", format!("0 / {failed}"));
     r.row(
-        "bench calls to sa before",
+        "bench calls to sa, 2 s before",
         format!(
             "{a_before} of {n_before} ({:.1} %)",
             pct(a_before, n_before)
@@ -1104,8 +1121,10 @@ async fn slow(net: &Net, procs: &mut Procs, stack: &Stack, seqid: &mut i32, dir:
             .collect();
         format!("{failed} calls failed: {e:?}")
     });
-    r.check(a_before * 5 >= n_before, || {
-        "sa got under 20 % of the calls before it was slowed".into()
+    // p2c between two equal endpoints is often lopsided for a while;
+    // sa only has to be in use.
+    r.check(a_before * 10 >= n_before, || {
+        "sa got under 10 % of the calls before it was slowed".into()
     });
     r.check(
         n_after > 0 && (a_after as f64) <= SLOW_SHARE_MAX * n_after as f64,
@@ -1134,6 +1153,9 @@ fn summary(reports: &[Report]) -> String {
         let w = r.rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         for (k, v) in &r.rows {
             out += &format!("  {k:<w$}  {v}\n");
+        }
+        for v in &r.violations {
+            out += &format!("  FAILED: {v}\n");
         }
     }
     out
