@@ -3,6 +3,7 @@
 //! `rpc_testkit`'s scripted SPEC §4 endpoint, which echoes heartbeats.
 
 mod common;
+#[allow(dead_code)]
 mod stack;
 
 use std::time::Duration;

@@ -18,7 +18,7 @@ mod zk_auth;
 pub use cli::CommonArgs;
 pub use ini::{Balance, Config, ConfigError, Dispatch, RegistrySpec};
 pub use logging::{init_logging, init_logging_as, LogFormat};
-pub use process::{runtime, stop_or_exit, wait_for_signal, SINGLE_THREAD_MAX_CORES};
+pub use process::{runtime, stop_or_exit, wait_for_signal, StopSignals, SINGLE_THREAD_MAX_CORES};
 pub use zk_auth::ZkAuth;
 
 /// `3m12s`, `2h05m`, `4d03h`.

@@ -24,15 +24,42 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     b.enable_all().build()
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment this is made: make it
+/// before the process says it is ready (registers, prints its address), so
+/// a stop sent right after is not lost (a signal arriving before any
+/// listener exists is dropped once the handler is installed, or kills the
+/// process before that).
+pub struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Needs a tokio runtime.
+    pub fn new() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
+
+    /// Resolves on the next SIGTERM or SIGINT (or one already caught).
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT sent from now on (see [`StopSignals`]
+/// for a process announcing readiness first).
+pub async fn wait_for_signal() {
+    StopSignals::new()
+        .expect("install SIGTERM and SIGINT handlers")
+        .recv()
+        .await
 }
 
 /// Runs a graceful stop; a second SIGTERM/SIGINT meanwhile exits at once.

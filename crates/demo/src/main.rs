@@ -78,9 +78,11 @@ fn main() -> anyhow::Result<()> {
                 service = service.with_code_url_version(v.clone());
             }
             rt.block_on(async move {
+                // Caught before we say we serve: a stop right after is kept.
+                let mut stop = rpc_sdk::StopSignals::new()?;
                 let handle = service.start().await?;
                 println!("echo service listening on {}", handle.address());
-                rpc_sdk::wait_for_signal().await;
+                stop.recv().await;
                 handle.stop().await;
                 anyhow::Ok(())
             })

@@ -32,4 +32,4 @@ pub use handler::{handler_fn, FnHandler, Handler, HandlerError, ThriftProcessor}
 pub use service::{Service, ServiceHandle, ServiceStats};
 pub use worker::{Worker, WorkerHandle};
 
-pub use rpc_config::wait_for_signal;
+pub use rpc_config::{wait_for_signal, StopSignals};

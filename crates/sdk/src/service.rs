@@ -159,15 +159,17 @@ impl Service {
     /// Serves until SIGTERM or SIGINT, then stops gracefully. With TLS,
     /// SIGHUP reads the certificate files again.
     pub async fn run(self) -> anyhow::Result<()> {
+        // Caught before we register: a stop right after is kept.
+        let mut stop = crate::StopSignals::new()?;
         let handle = self.start().await?;
         match &handle.tls {
-            None => crate::wait_for_signal().await,
+            None => stop.recv().await,
             Some(_) => {
                 use tokio::signal::unix::{signal, SignalKind};
                 let mut hup = signal(SignalKind::hangup())?;
                 loop {
                     tokio::select! {
-                        _ = crate::wait_for_signal() => break,
+                        _ = stop.recv() => break,
                         _ = hup.recv() => handle.reload_tls(),
                     }
                 }

@@ -123,8 +123,9 @@ impl Worker {
 
     /// Serves until SIGTERM or SIGINT, then stops gracefully.
     pub async fn run(self) -> anyhow::Result<()> {
+        let mut stop = crate::StopSignals::new()?;
         let handle = self.start().await;
-        crate::wait_for_signal().await;
+        stop.recv().await;
         tracing::info!("signal received, stopping");
         handle.stop().await;
         Ok(())

@@ -122,6 +122,8 @@ async fn listen_mode(args: Args, config: Option<Config>) -> anyhow::Result<()> {
     if let Some(v) = &args.common.code_url_version {
         service = service.with_code_url_version(v.clone());
     }
+    // Caught before we say we serve: a stop right after is kept.
+    let mut stop = rpc_sdk::StopSignals::new()?;
     let handle = service.start().await?;
     for a in handle.addresses() {
         println!("listening on {a}");
@@ -132,7 +134,7 @@ async fn listen_mode(args: Args, config: Option<Config>) -> anyhow::Result<()> {
             println!("registered {name} at {a}");
         }
     }
-    rpc_sdk::wait_for_signal().await;
+    stop.recv().await;
     handle.stop().await;
     Ok(())
 }
@@ -179,6 +181,7 @@ async fn worker_mode(args: Args, config: Option<Config>, back: Address) -> anyho
         .as_ref()
         .map(|c| c.max_frame_size)
         .unwrap_or(rpc_codec::DEFAULT_MAX_FRAME);
+    let mut stop = rpc_sdk::StopSignals::new()?;
     let mut workers = Vec::new();
     for _ in 0..args.workers {
         let w = Worker::new(back.clone(), pool, handler(&args))
@@ -191,7 +194,7 @@ async fn worker_mode(args: Args, config: Option<Config>, back: Address) -> anyho
         "worker dialling {back} (pool size {pool}, {} connection(s))",
         args.workers
     );
-    rpc_sdk::wait_for_signal().await;
+    stop.recv().await;
     let all = futures::future::join_all(workers.into_iter().map(|w| w.stop()));
     tokio::select! {
         _ = all => {}

@@ -38,6 +38,8 @@ fn main() -> anyhow::Result<()> {
     let control = handoff::control_path("rpc-lb", &front);
     let rt = rpc_config::runtime(config.threads)?;
     rt.block_on(async {
+        // Caught from before we serve: a stop right after start is kept.
+        let mut stop = rpc_config::StopSignals::new()?;
         let registry = rpc_registry::open(&config).await?;
         let lb = if args.upgrade {
             take_over(&config, registry, &control).await?
@@ -50,10 +52,10 @@ fn main() -> anyhow::Result<()> {
         let mut hup = signal(SignalKind::hangup())?;
         loop {
             tokio::select! {
-                _ = rpc_config::wait_for_signal() => break,
+                _ = stop.recv() => break,
                 _ = hup.recv() => tokio::select! {
                     _ = lb.reload() => {}
-                    _ = rpc_config::wait_for_signal() => break,
+                    _ = stop.recv() => break,
                 },
                 up = handoff.accept() => {
                     let mut up = up?;

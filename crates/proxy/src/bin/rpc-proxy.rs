@@ -35,6 +35,8 @@ fn main() -> anyhow::Result<()> {
     let control = handoff::control_path("rpc-proxy", &config.proxy_address[0]);
     let rt = rpc_config::runtime(config.threads)?;
     rt.block_on(async {
+        // Caught from before we serve: a stop right after start is kept.
+        let mut stop = rpc_config::StopSignals::new()?;
         let registry = rpc_registry::open(&config).await?;
         let proxy = if args.upgrade {
             take_over(&config, registry, &control).await?
@@ -51,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         loop {
             tokio::select! {
                 Some(_) = async { hup.as_mut()?.recv().await } => proxy.reload_tls(),
-                _ = rpc_config::wait_for_signal() => {
+                _ = stop.recv() => {
                     tracing::info!("stopping: finishing requests in flight");
                     rpc_config::stop_or_exit(proxy.shutdown()).await;
                     return Ok(());
