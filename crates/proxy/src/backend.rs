@@ -126,6 +126,9 @@ pub struct Backend {
     /// it out of the service's rotation. The connection itself is
     /// untouched: heartbeats go on, calls in flight complete.
     marked_drained: AtomicBool,
+    /// Cuts a reconnect backoff short: the endpoint registered again (it
+    /// restarted), so it is worth dialling now.
+    redial: tokio::sync::Notify,
 }
 
 impl Backend {
@@ -152,6 +155,7 @@ impl Backend {
             latency: PeakEwma::new(settings.latency_decay),
             drain,
             marked_drained: AtomicBool::new(false),
+            redial: tokio::sync::Notify::new(),
         });
         tokio::spawn(run(backend.clone(), rx, drain_rx, settings));
         backend
@@ -174,6 +178,12 @@ impl Backend {
 
     pub fn is_up(&self) -> bool {
         self.state() == State::Up
+    }
+
+    /// The endpoint registered again: if the connection is waiting out a
+    /// reconnect backoff, it dials at once (and its backoff starts over).
+    pub fn redial_now(&self) {
+        self.redial.notify_one();
     }
 
     pub fn outstanding(&self) -> usize {
@@ -336,6 +346,10 @@ async fn run(
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
+                _ = b.redial.notified() => {
+                    backoff = Duration::from_millis(500);
+                    break;
+                }
                 _ = drain.changed() => break,
                 job = rx.recv() => match job {
                     Some(job) => bounce(&b, job),

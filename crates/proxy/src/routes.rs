@@ -53,6 +53,9 @@ pub struct RouteManager {
     /// By service, frontend and TLS (an endpoint that comes back with TLS
     /// on or off gets a new connection).
     live: HashMap<(String, String, bool), Arc<Backend>>,
+    /// Each live endpoint's `start_time` as last read: a new one means the
+    /// endpoint restarted and registered again.
+    started: HashMap<(String, String, bool), String>,
     /// TLS endpoints skipped for want of TLS keys, warned about once.
     skipped_tls: HashSet<(String, String)>,
     balancers: HashMap<String, Arc<Balancer>>,
@@ -74,6 +77,7 @@ impl RouteManager {
                 settings,
                 balance,
                 live: HashMap::new(),
+                started: HashMap::new(),
                 skipped_tls: HashSet::new(),
                 balancers: HashMap::new(),
                 publish,
@@ -116,6 +120,11 @@ impl RouteManager {
                 if !wanted.insert(key.clone()) {
                     continue;
                 }
+                // Registered again (a restart): dial now, not after backoff.
+                let restarted = self
+                    .started
+                    .insert(key.clone(), ep.start_time.clone())
+                    .is_some_and(|before| before != ep.start_time);
                 let backend = self
                     .live
                     .entry(key)
@@ -125,6 +134,9 @@ impl RouteManager {
                         Backend::spawn(service.clone(), address.clone(), ep.tls, settings)
                     })
                     .clone();
+                if restarted {
+                    backend.redial_now();
+                }
                 if backend.set_marked_drained(ep.draining) {
                     if ep.draining {
                         tracing::info!(%service, endpoint = %address, "endpoint drained: no new calls while another is up");
@@ -161,6 +173,7 @@ impl RouteManager {
             map.get(service)
                 .is_some_and(|eps| eps.iter().any(|e| &e.frontend == frontend && e.tls))
         });
+        self.started.retain(|key, _| wanted.contains(key));
         self.live.retain(|key, backend| {
             let keep = wanted.contains(key);
             if !keep {

@@ -111,3 +111,40 @@ async fn a_stalled_endpoint_is_shunned_at_once_failed_on_time_not_readmitted_and
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An endpoint killed, then restarted on the same address: the proxy dials
+/// it when it registers again, not when its reconnect backoff (grown to
+/// 4 s by then) runs out.
+#[tokio::test]
+async fn a_restarted_endpoint_is_dialled_when_it_registers_again() {
+    let a = TestEndpoint::start("a").await;
+    let address = a.address.clone();
+    let reg = MemRegistry::new();
+    reg.set("echo", vec![a.endpoint("echo")]);
+    let (_proxy, addr) = start_proxy(&test_config("rpc_timeout=1"), Arc::new(reg.clone())).await;
+    let mut c = Client::connect(&addr).await;
+    assert_eq!(c.call("echo:tag", 1, b"").await.body(), b"a");
+    a.kill().await;
+    // Lost at once, then dials fail after 1 s and 3 s: the next waits 4 s.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let again = TestEndpoint::start_on(&address, "a2").await;
+    // A new record (a later start_time), as a restarted process writes.
+    let mut ep = again.endpoint("echo");
+    ep.start_time = "2999-01-01 00:00:00".into();
+    reg.set("echo", vec![ep]);
+    let registered = Instant::now();
+    let mut i = 2;
+    loop {
+        let r = c.call("echo:tag", i, b"").await;
+        if r.kind() == MessageType::Reply {
+            assert_eq!(r.body(), b"a2");
+            break;
+        }
+        assert!(
+            registered.elapsed() < Duration::from_secs(2),
+            "not dialled within 2 s of registering again (the backoff would take until 4 s)"
+        );
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
