@@ -76,6 +76,7 @@ smoke)
     san=${FUZZ_SANITIZER:-none}
     cgu=${FUZZ_CODEGEN_UNITS:-16}
     log=$(mktemp -d)
+    trap 'rm -rf "$log"' EXIT
     start=$(date +%s)
     echo "==> building the fuzz targets"
     build "$san" "$cgu"

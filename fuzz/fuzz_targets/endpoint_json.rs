@@ -79,23 +79,29 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(Ok(ep), parse_record(json, "test").as_ref());
         } else if let Ok(ep) = parse_record(json, "test") {
             // Left out only as the entry of a process that is gone.
-            let v: serde_json::Value = serde_json::from_slice(json).unwrap();
-            assert!(
-                v.get("pid").is_some(),
-                "a readable record is not listed: {ep:?}"
-            );
+            // (Text that is not UTF-8 in a field the readers skip: no
+            // JSON value to look into.)
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) {
+                assert!(
+                    v.get("pid").is_some(),
+                    "a readable record is not listed: {ep:?}"
+                );
+            }
         }
     }
     let ep = match parsed {
         Ok(ep) => ep,
         Err(_) => {
-            // Refused although it reads as an endpoint: it names a product.
+            // Refused although it reads as an endpoint: it names a product
+            // (or holds text that is not UTF-8 where the endpoint's reader
+            // skips without looking: no JSON value to look into).
             if plain.is_ok() {
-                let v: serde_json::Value = serde_json::from_slice(json).unwrap();
-                assert!(
-                    v.get("product").is_some_and(|p| !p.is_null()),
-                    "refused: {v}"
-                );
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) {
+                    assert!(
+                        v.get("product").is_some_and(|p| !p.is_null()),
+                        "refused: {v}"
+                    );
+                }
             }
             return;
         }
