@@ -88,6 +88,12 @@ if [ -x scripts/faults.sh ]; then
     suite faults bash scripts/faults.sh --quick --debug
 fi
 
+# Every fuzz target briefly, after replaying the crashes found before
+# (long runs: scripts/fuzz.sh long).
+if [ -x scripts/fuzz.sh ]; then
+    FUZZ_SMOKE_SECONDS=${FUZZ_SMOKE_SECONDS:-10} suite fuzz bash scripts/fuzz.sh smoke
+fi
+
 # The Go SDK, against a throwaway ZooKeeper and the real rpc-proxy.
 if [ -x go/test.sh ]; then
     suite go sh go/test.sh
