@@ -9,10 +9,17 @@ const MAX_IOV: usize = 64;
 
 /// Queues whole frames and writes them with vectored I/O, many per system
 /// call, without copying them into a staging buffer.
+///
+/// Once the queue empties the stream is flushed: a TLS session may hold
+/// records it could not write yet, which only a flush (or a later write)
+/// sends; until then the writer does not count as empty. For a socket the
+/// flush is a no-op.
 pub struct FrameWriter<W> {
     io: W,
     queue: VecDeque<Bytes>,
     queued_bytes: usize,
+    /// Written since the last completed flush.
+    unflushed: bool,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -21,6 +28,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             io,
             queue: VecDeque::new(),
             queued_bytes: 0,
+            unflushed: false,
         }
     }
 
@@ -29,8 +37,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.queue.push_back(frame);
     }
 
+    /// Nothing queued, and everything written flushed.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && !self.unflushed
     }
 
     /// Frames queued (the front one possibly written in part).
@@ -57,7 +66,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// peers blocked on each other's full buffers would deadlock).
     pub async fn write_some(&mut self) -> io::Result<()> {
         if self.queue.is_empty() {
-            return Ok(());
+            return self.flush_written().await;
         }
         let n = {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -72,6 +81,20 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             return Err(io::ErrorKind::WriteZero.into());
         }
         self.consume(n);
+        self.unflushed = true;
+        if self.queue.is_empty() {
+            return self.flush_written().await;
+        }
+        Ok(())
+    }
+
+    /// Flushes what was written (cancel-safe: a flush cut short is done
+    /// again by the next call).
+    async fn flush_written(&mut self) -> io::Result<()> {
+        if self.unflushed {
+            self.io.flush().await?;
+            self.unflushed = false;
+        }
         Ok(())
     }
 
