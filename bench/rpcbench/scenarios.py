@@ -1,6 +1,10 @@
 """The scenarios, each a function of the suite and the shared components,
 listed in SCENARIOS (run in that order, or the ones `--only` names)."""
 
+import os
+import shutil
+import subprocess
+
 from .procs import ComponentError, probe, wait_until
 
 
@@ -369,6 +373,61 @@ def scenario_tracing(s, k):
     s.stop(*traced, sink)
 
 
+def tls_keys(dir):
+    """A CA, and certificates it signs for the service (127.0.0.1) and
+    the proxy, made with openssl: {"ca", "service", "proxy"} → paths,
+    or None without openssl."""
+    if shutil.which("openssl") is None:
+        return None
+    ca_key, ca = os.path.join(dir, "ca.key"), os.path.join(dir, "ca.pem")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)
+    run("req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=bench CA")
+    out = {"ca": ca}
+    for who in ("service", "proxy"):
+        key, csr, cert = (os.path.join(dir, f"{who}.{ext}") for ext in ("key", "csr", "pem"))
+        ext = os.path.join(dir, f"{who}.ext")
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                    "extendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n")
+        run("req", *ec, "-keyout", key, "-out", csr, "-subj", f"/CN=bench {who}")
+        run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+            "-days", "2", "-extfile", ext)
+        out[who] = (cert, key)
+    return out
+
+
+def scenario_tls(s, k):
+    """The proxy → endpoint hop over TLS (mutual authentication) against
+    plain frames: one proxy with TLS keys routes to two Rust bench
+    services, one plain and one accepting TLS only."""
+    keys = tls_keys(s.tmp)
+    if keys is None:
+        s.notes.append("TLS rows skipped: no openssl to make certificates with")
+        return
+    svc, svc_addr = k.service()
+    (scert, skey), (pcert, pkey) = keys["service"], keys["proxy"]
+    tsvc, tsvc_addr = s.service("service-tls", "benchtls", tls_cert_file=scert, tls_key_file=skey,
+                                tls_client_ca_file=keys["ca"])
+    p, tcp, _ = s.proxy("proxy-tls", tls_ca_file=keys["ca"], tls_cert_file=pcert, tls_key_file=pkey)
+    wait_until("proxy-tls routes to both", lambda: probe(tcp, "bench:echo") and probe(tcp, "benchtls:echo"),
+               [svc, tsvc, p])
+    paths = [("direct", svc_addr, [svc], {"direct": True}),
+             ("proxy → service, plain", tcp, [p, svc], {}),
+             ("proxy → service, TLS", tcp, [p, tsvc], {"service": "benchtls"})]
+    shapes = [(4, 8), (1, 1)] if s.a.quick else [(4, 8), (16, 16), (1, 1)]
+    rows = scenario_paths(s, paths, shapes, [64])
+    rows += scenario_paths(s, paths[1:], [(4, 8)], [16 << 10])
+    s.section(
+        "TLS on the proxy → endpoint hop", PATH_COLUMNS, rows,
+        ["one proxy (with tls_ca_file, tls_cert_file, tls_key_file) and two Rust bench services, "
+         "one plain, one with tls_cert_file, tls_key_file, tls_client_ca_file (TLS only, mutual "
+         "authentication, ECDSA P-256, rustls/ring, TLS 1.3); the client → proxy hop is plain in both",
+         "CPU: the proxy + the service; × direct: the plain service called without the proxy"],
+    )
+    s.stop(p, tsvc)
+
+
 SCENARIOS = [
     ("paths", "throughput and latency", scenario_paths_main),
     ("payloads", "payload sizes", scenario_payloads),
@@ -378,6 +437,7 @@ SCENARIOS = [
     ("balance", "one slow endpoint of two: proxy balance", scenario_balance),
     ("python", "Python services", scenario_python),
     ("tracing", "proxy and LB tracing: off, and on at sampling 1.0 and 0.01", scenario_tracing),
+    ("tls", "TLS on the proxy → endpoint hop vs plain frames", scenario_tls),
 ]
 
 PATH_COLUMNS = ["shape", "path", "req/s", "p50 µs", "p99 µs", "p99.9 µs", "× direct", "CPU s / 1M req",

@@ -66,10 +66,11 @@ class Suite:
                 f.write(f"{k}={v}\n")
         return path
 
-    def service(self, name, service, delay_ms=0):
-        """A benchmark service on TCP that registers `service`."""
+    def service(self, name, service, delay_ms=0, **keys):
+        """A benchmark service on TCP that registers `service`; `keys`:
+        further config.ini keys."""
         addr = f"127.0.0.1:{free_port()}"
-        cfg = self.ini(name, service=service)
+        cfg = self.ini(name, service=service, **keys)
         p = self.start(
             name,
             [self.a.server_bin, "--listen", addr, "-c", cfg, "--delay-ms", delay_ms, "-T", 1],
