@@ -115,12 +115,7 @@ impl LbHandle {
     /// its old one stops (`SIGHUP`).
     pub async fn reload(&self) {
         if let Some(tls) = &self.tls {
-            match tls.reload() {
-                Ok(()) => tracing::info!("TLS certificates reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "TLS reload failed; keeping the current certificates")
-                }
-            }
+            rpc_transport::tls::log_reload(tls.reload());
         }
         match &self.supervisor {
             Some(s) => s.reload().await,
@@ -425,15 +420,8 @@ fn accept_proxies(
         };
         let tls = tls.clone();
         async move {
-            let stream = match tls {
-                None => stream,
-                Some(tls) => match tls.accept(stream).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "proxy connection closed");
-                        return;
-                    }
-                },
+            let Some(stream) = rpc_transport::tls::accept(tls.as_deref(), stream).await else {
+                return;
             };
             serve_proxy(stream, BytesMut::new(), conn).await
         }

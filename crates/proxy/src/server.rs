@@ -49,12 +49,7 @@ impl ProxyHandle {
     /// use them; on error the current ones stay, and the error is logged.
     pub fn reload_tls(&self) {
         if let Some(tls) = &self.tls {
-            match tls.reload() {
-                Ok(()) => tracing::info!("TLS certificates reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "TLS reload failed; keeping the current certificates")
-                }
-            }
+            rpc_transport::tls::log_reload(tls.reload());
         }
     }
 

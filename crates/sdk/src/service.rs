@@ -114,17 +114,9 @@ impl Service {
                         let conn = conn.clone();
                         let tls = tls.clone();
                         async move {
-                            let stream = match tls {
-                                None => stream,
-                                // On the connection's own task: a slow
-                                // handshake holds up no other.
-                                Some(tls) => match tls.accept(stream).await {
-                                    Ok(s) => s,
-                                    Err(e) => {
-                                        tracing::warn!(error = %e, "connection closed");
-                                        return;
-                                    }
-                                },
+                            let tls = tls.as_deref();
+                            let Some(stream) = rpc_transport::tls::accept(tls, stream).await else {
+                                return;
                             };
                             serve_conn(stream, &conn, drain).await
                         }
@@ -215,12 +207,7 @@ impl ServiceHandle {
     /// logged.
     pub fn reload_tls(&self) {
         if let Some(tls) = &self.tls {
-            match tls.reload() {
-                Ok(()) => tracing::info!("TLS certificates reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "TLS reload failed; keeping the current certificates")
-                }
-            }
+            rpc_transport::tls::log_reload(tls.reload());
         }
     }
 

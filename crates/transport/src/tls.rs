@@ -308,6 +308,34 @@ impl TlsServer {
     }
 }
 
+/// Logs how reading the TLS files again (SIGHUP) went: on error the
+/// current certificates stay in use.
+pub fn log_reload(result: Result<(), TlsError>) {
+    match result {
+        Ok(()) => tracing::info!("TLS certificates reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "TLS reload failed; keeping the current certificates")
+        }
+    }
+}
+
+/// An accepted connection as served: through the TLS handshake when `tls`
+/// is set (run it on the connection's own task: a slow handshake holds up
+/// no other). A failed handshake is logged, naming the peer, and the
+/// connection dropped.
+pub async fn accept(tls: Option<&TlsServer>, stream: Stream) -> Option<Stream> {
+    let Some(tls) = tls else {
+        return Some(stream);
+    };
+    match tls.accept(stream).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "connection closed");
+            None
+        }
+    }
+}
+
 /// The client side (the proxy): dials endpoints over TLS, verifying their
 /// certificate against the CA and presenting its own.
 pub struct TlsClient {
