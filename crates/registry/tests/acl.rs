@@ -2,18 +2,18 @@
 //! beyond the path, against a real ZooKeeper; the embedded backend's
 //! isolation against links and copied files.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
+use common::{frontends, until};
 use rpc_config::ZkAuth;
 use rpc_registry::local::LocalRegistry;
 use rpc_registry::zk::{ZkReader, ZkRegistry};
-use rpc_registry::{DrainMark, Endpoint, Registry, ServiceMap};
+use rpc_registry::{DrainMark, Endpoint, Registry};
 use rpc_testkit::ZkServer;
-use tokio::sync::watch;
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, Permission};
 
-const WAIT: Duration = Duration::from_secs(10);
 const SESSION: Duration = Duration::from_secs(2);
 
 fn ep(service: &str, port: u16) -> Endpoint {
@@ -32,24 +32,6 @@ async fn raw(zk: &ZkServer, user: Option<&str>) -> Client {
         c = c.with_auth("digest", a.credentials());
     }
     c.connect(&zk.hosts()).await.unwrap()
-}
-
-async fn until(
-    rx: &mut watch::Receiver<Arc<ServiceMap>>,
-    what: &str,
-    cond: impl Fn(&ServiceMap) -> bool,
-) -> Arc<ServiceMap> {
-    let found = match tokio::time::timeout(WAIT, rx.wait_for(|m| cond(m))).await {
-        Ok(Ok(m)) => Some(m.clone()),
-        _ => None,
-    };
-    found.unwrap_or_else(|| panic!("timed out waiting for {what}; view: {:?}", *rx.borrow()))
-}
-
-fn frontends(m: &ServiceMap, service: &str) -> Vec<String> {
-    m.get(service)
-        .map(|v| v.iter().map(|e| e.frontend.clone()).collect())
-        .unwrap_or_default()
 }
 
 const ECHO: &str = "/zk/product/test/services/echo";

@@ -3,16 +3,17 @@
 //! directory backend. Backend-specific behaviour (exact znode layout,
 //! session expiry, outages, dead processes) follows.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{frontends, until};
 use rpc_registry::local::LocalRegistry;
 use rpc_registry::zk::{ZkReader, ZkRegistry};
 use rpc_registry::{DrainMark, Endpoint, Registry, ServiceMap};
 use rpc_testkit::ZkServer;
-use tokio::sync::watch;
 
-const WAIT: Duration = Duration::from_secs(10);
 const SESSION: Duration = Duration::from_secs(2);
 
 /// Opens registries of one backend, all on the same store.
@@ -73,25 +74,6 @@ fn ep(service: &str, port: u16) -> Endpoint {
     let mut e = Endpoint::new(service, &format!("127.0.0.1:{port}"));
     e.code_url_version = "git@host:team/svc.git@1a2b3c4".into();
     e
-}
-
-/// Waits until the view satisfies `cond`, returning it.
-async fn until(
-    rx: &mut watch::Receiver<Arc<ServiceMap>>,
-    what: &str,
-    cond: impl Fn(&ServiceMap) -> bool,
-) -> Arc<ServiceMap> {
-    let found = match tokio::time::timeout(WAIT, rx.wait_for(|m| cond(m))).await {
-        Ok(Ok(m)) => Some(m.clone()),
-        _ => None,
-    };
-    found.unwrap_or_else(|| panic!("timed out waiting for {what}; view: {:?}", *rx.borrow()))
-}
-
-fn frontends(m: &ServiceMap, service: &str) -> Vec<String> {
-    m.get(service)
-        .map(|v| v.iter().map(|e| e.frontend.clone()).collect())
-        .unwrap_or_default()
 }
 
 /// The `draining` flag of each endpoint of `service`, in view order.
