@@ -272,14 +272,11 @@ class Faults:
                       lambda: roll("a"), lambda: roll("b"))
 
     def zk_outage(self):
-        st = {}
-
         def setup():
             svc, a, b, proxy, tcp = self.two_services("zk")
             return tcp, svc, proxy.page, lambda: self.s.stop(a[0], b[0], proxy)
 
         self.scenario("ZooKeeper down for a third of the run", "none", setup, self.zk.stop, self.zk.start)
-        del st
 
     def garbage(self):
         st = {"stop": threading.Event()}

@@ -128,9 +128,24 @@ async fn a_stopped_worker_is_shunned_failed_on_time_and_rejoins_on_sigcont() {
 
     // From the first missed heartbeat on, calls go to w2 alone: pipelined
     // calls all answered (w1 has free slots, but none reaches it).
-    tokio::time::sleep(2 * INTERVAL + Duration::from_millis(50)).await;
-    let s = workers(page).await;
-    assert_eq!(s[&p1].1, "suspect", "{s:?}");
+    let deadline = tokio::time::Instant::now() + STEP;
+    let s = loop {
+        let s = workers(page).await;
+        if s[&p1].1 == "suspect" {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "w1 never suspect: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // Within two heartbeat intervals of its last echo (before the stop).
+    let shunned_after = stopped_at.elapsed();
+    assert!(
+        shunned_after <= 2 * INTERVAL + INTERVAL / 2,
+        "suspect after {shunned_after:?}"
+    );
     let served_w1 = s[&p1].0;
     let (ok, failed) = calls(&mut c, 1000, 40, 5).await;
     assert_eq!((ok, failed.len()), (40, 0), "{failed:?}");
