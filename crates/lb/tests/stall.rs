@@ -140,12 +140,9 @@ async fn a_stopped_worker_is_shunned_failed_on_time_and_rejoins_on_sigcont() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    // Within two heartbeat intervals of its last echo (before the stop).
+    // Shunned from the first missed heartbeat, before the timeout drops it.
     let shunned_after = stopped_at.elapsed();
-    assert!(
-        shunned_after <= 2 * INTERVAL + INTERVAL / 2,
-        "suspect after {shunned_after:?}"
-    );
+    assert!(shunned_after < TIMEOUT, "suspect after {shunned_after:?}");
     let served_w1 = s[&p1].0;
     let (ok, failed) = calls(&mut c, 1000, 40, 5).await;
     assert_eq!((ok, failed.len()), (40, 0), "{failed:?}");
