@@ -27,6 +27,16 @@ impl Stream {
         match addr {
             Address::Tcp(a) => {
                 let s = TcpStream::connect(a.as_str()).await?;
+                // Dialling an unbound port of the ephemeral range on the
+                // same host can connect a socket to itself (TCP
+                // simultaneous open); that holds the port the peer is about
+                // to bind and answers nothing: refused, like the dial was.
+                if s.local_addr()? == s.peer_addr()? {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        format!("connecting to {a} reached this socket itself (nothing listens)"),
+                    ));
+                }
                 s.set_nodelay(true)?;
                 Ok(Stream::Tcp(s))
             }
