@@ -29,7 +29,7 @@ if [ -f python/pyproject.toml ]; then
     python3 -m pip install -q --disable-pip-version-check ./python
 fi
 
-# A clean run writes about 6 GiB (Rust, fuzz, Go and Java builds); say so
+# A clean run writes about 5 GiB (Rust, fuzz, Go and Java builds); say so
 # up front instead of failing mid-build with "No space left on device".
 free_kib=$(df -Pk . | awk 'NR==2 {print $4}')
 if [ "${free_kib:-0}" -lt $((8 * 1024 * 1024)) ]; then
