@@ -17,8 +17,9 @@ use rpc_codec::{application_exception, ExceptionKind, Header};
 pub enum Lost {
     /// The peer closed the connection.
     Closed,
-    /// Reading or writing the socket failed.
-    Io(io::ErrorKind),
+    /// Reading or writing the socket failed; the error's own text when it
+    /// says more than its kind (a TLS alert: which certificate was refused).
+    Io(io::ErrorKind, Option<Arc<str>>),
     /// The peer broke the protocol (the text says how).
     BadInput(Arc<str>),
     /// Nothing heard from the peer for this long: its heartbeat echoes
@@ -33,7 +34,10 @@ pub enum Lost {
 
 impl Lost {
     pub fn io(e: &io::Error) -> Lost {
-        Lost::Io(e.kind())
+        // Plain OS errors are told by their kind; errors that carry their
+        // own text (TLS, codecs) keep it: it is the only hint of why.
+        let detail = e.get_ref().map(|inner| inner.to_string().into());
+        Lost::Io(e.kind(), detail)
     }
 
     pub fn bad_input(what: impl fmt::Display) -> Lost {
@@ -44,7 +48,7 @@ impl Lost {
     pub fn label(&self) -> &'static str {
         match self {
             Lost::Closed => "closed",
-            Lost::Io(_) => "io",
+            Lost::Io(..) => "io",
             Lost::BadInput(_) => "bad_input",
             Lost::Silent(_) => "silent",
             Lost::Removed => "removed",
@@ -57,7 +61,8 @@ impl fmt::Display for Lost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Lost::Closed => f.write_str("the peer closed the connection"),
-            Lost::Io(kind) => write!(f, "I/O error: {kind}"),
+            Lost::Io(_, Some(detail)) => write!(f, "I/O error: {detail}"),
+            Lost::Io(kind, None) => write!(f, "I/O error: {kind}"),
             Lost::BadInput(what) => write!(f, "bad input: {what}"),
             Lost::Silent(d) => write!(f, "no heartbeat echo for {:.1}s", d.as_secs_f64()),
             Lost::Removed => f.write_str("the endpoint left the registry"),
@@ -194,5 +199,19 @@ mod tests {
             let (seqid, message, got) = exception(failure.to_exception("echo", b"ping", 9));
             assert_eq!((seqid, message.as_str(), got), (9, text, kind));
         }
+    }
+    #[test]
+    fn an_io_loss_keeps_the_text_of_errors_that_have_one() {
+        let os = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(Lost::io(&os).to_string(), "I/O error: connection reset");
+        let tls = io::Error::new(
+            io::ErrorKind::InvalidData,
+            "received fatal alert: UnknownCA",
+        );
+        assert_eq!(
+            Lost::io(&tls).to_string(),
+            "I/O error: received fatal alert: UnknownCA"
+        );
+        assert_eq!(Lost::io(&tls).label(), "io");
     }
 }

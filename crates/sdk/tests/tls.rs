@@ -2,14 +2,14 @@
 
 mod common;
 
-use std::io::Write;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use rpc_codec::MessageType;
 use rpc_sdk::{Service, ServiceHandle};
+use rpc_testkit::logs::Logs;
 use rpc_testkit::tls::TestCa;
 use rpc_transport::tls::{TlsClient, TlsFiles};
 use rpc_transport::Stream;
@@ -24,37 +24,6 @@ async fn start(tls: TlsFiles) -> (ServiceHandle, MemRegistry) {
         .await
         .expect("service starts");
     (handle, registry)
-}
-
-/// Log lines, captured for the current thread (and so for every task of a
-/// current-thread test runtime).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
 }
 
 #[tokio::test]
@@ -99,19 +68,17 @@ async fn a_client_of_another_ca_is_refused_with_a_log_line_naming_it() {
         Err(_) => None,
     };
     let deadline = tokio::time::Instant::now() + STEP;
-    while !logs.text().contains("TLS handshake with") {
+    let line = loop {
+        if let Some(line) = logs.line_with("TLS handshake with") {
+            break line;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "no log line: {}",
             logs.text()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let text = logs.text();
-    let line = text
-        .lines()
-        .find(|l| l.contains("TLS handshake with"))
-        .unwrap();
+    };
     assert!(
         line.contains("WARN") && line.contains("connection closed"),
         "{line}"

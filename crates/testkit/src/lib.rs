@@ -8,6 +8,7 @@
 //! do while ZooKeeper is away.
 
 pub mod endpoint;
+pub mod logs;
 mod memory;
 #[cfg(feature = "otlp")]
 pub mod otlp;
