@@ -29,6 +29,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rpc_config::{Config, RegistrySpec};
+use rpc_transport::tls::TlsClient;
 use rpc_transport::Address;
 
 use crate::source::Source;
@@ -69,6 +70,17 @@ struct Args {
     /// `call` also takes its `proxy_address` and `rpc_timeout`.
     #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The CA that signs endpoints' certificates (as a proxy's
+    /// `tls_ca_file`, which it overrides): `ping` and the dashboard reach
+    /// endpoints that registered TLS with it and the client keys below.
+    #[arg(long = "tls-ca", global = true, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// The client certificate such endpoints accept (`tls_cert_file`).
+    #[arg(long = "tls-cert", global = true, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (`tls_key_file`).
+    #[arg(long = "tls-key", global = true, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Print JSON for scripts instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -222,6 +234,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(file) = &args.zk_auth_file {
         config.set("zk_auth_file", &file.to_string_lossy())?;
     }
+    for (flag, file) in [
+        (&mut config.tls.ca, &args.tls_ca),
+        (&mut config.tls.cert, &args.tls_cert),
+        (&mut config.tls.key, &args.tls_key),
+    ] {
+        if file.is_some() {
+            flag.clone_from(file);
+        }
+    }
     let wait = config.zk_session_timeout.min(REGISTRY_WAIT);
     let command = match args.command {
         // Before the registry is opened: the page starts (and shows the
@@ -289,7 +310,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .remove(&service)
                 .unwrap_or_default();
             let limit = Duration::from_millis(timeout_ms);
-            let mut report = ping::ping_all(&product, &service, &endpoints, limit).await;
+            let tls = tls_client(&config)?;
+            let mut report =
+                ping::ping_all(&product, &service, &endpoints, tls.as_deref(), limit).await;
             if let Some(proxy) = proxy {
                 let proxy = proxy.unwrap_or_else(|| default_proxy(&config));
                 let calls = ping::through_proxy(&proxy, &service, count as usize, limit);
@@ -334,6 +357,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             unreachable!("run above")
         }
     }
+}
+
+/// The client side of TLS, when a CA for endpoints is configured; its
+/// files are read and checked here, so a bad one is an error up front.
+fn tls_client(config: &Config) -> anyhow::Result<Option<Arc<TlsClient>>> {
+    TlsClient::from_files(&config.tls).context("TLS client keys")
 }
 
 /// The proxy `call` and `ping --proxy` use unless told: the config's first
@@ -392,6 +421,7 @@ async fn dashboard(
         .with_context(|| format!("listen on {listen}"))?;
     eprintln!("rpcctl: dashboard on http://{}/", listener.local_addr()?);
     let mut options = rpc_dashboard::Options::new(config.registry.clone());
+    options.tls = tls_client(config)?;
     options.status_pages = status;
     options.refresh = Duration::from_millis(refresh_ms);
     options.registry_timeout = registry_timeout;

@@ -12,19 +12,17 @@ use std::time::Duration;
 use futures::future::join_all;
 use futures::{SinkExt, StreamExt};
 use rpc_codec::{
-    encode_message, heartbeat, read_application_exception, ExceptionKind, FrameCodec, Message,
-    MessageType,
+    encode_message, read_application_exception, ExceptionKind, FrameCodec, Message, MessageType,
 };
+use rpc_dashboard::probe::heartbeat_rtt;
 use rpc_registry::Endpoint;
+use rpc_transport::tls::TlsClient;
 use rpc_transport::{Address, Stream};
 use serde::Serialize;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::codec::Framed;
 
 use crate::table::Table;
-
-/// The seqid of our heartbeat; the echo must carry it back.
-const SEQID: i32 = 1;
 
 /// The `--json` document.
 #[derive(Serialize)]
@@ -68,15 +66,17 @@ pub struct Outcome {
 }
 
 /// Pings every endpoint at once, each bounded by `limit` (connecting
-/// included), so the whole run takes at most about `limit`.
+/// included), so the whole run takes at most about `limit`; endpoints that
+/// registered TLS through `tls`.
 pub async fn ping_all(
     product: &str,
     service: &str,
     endpoints: &[Endpoint],
+    tls: Option<&TlsClient>,
     limit: Duration,
 ) -> Report {
     let outcomes = join_all(endpoints.iter().map(|ep| async move {
-        let result = ping(&ep.frontend, limit).await;
+        let result = heartbeat_rtt(&ep.frontend, ep.tls, tls, limit).await;
         Outcome {
             frontend: ep.frontend.clone(),
             service_id: ep.service_id.clone(),
@@ -170,47 +170,6 @@ fn reached(m: &Message) -> Result<(), String> {
             Err(e) => Err(format!("bad exception: {e}")),
         },
         other => Err(format!("answered {other:?}")),
-    }
-}
-
-/// Connects to `frontend` (`host:port` or a socket path), sends one
-/// heartbeat and returns how long its echo took, or why there was none.
-async fn ping(frontend: &str, limit: Duration) -> Result<Duration, String> {
-    let deadline = Instant::now() + limit;
-    let address: Address = frontend.parse()?;
-    let stream = match timeout_at(deadline, Stream::connect(&address)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("connect: {e}")),
-        Err(_) => {
-            return Err(format!(
-                "connect: no answer within {} ms",
-                limit.as_millis()
-            ))
-        }
-    };
-    let mut io = Framed::new(stream, FrameCodec::default());
-    let sent = Instant::now();
-    let exchange = async {
-        io.send(heartbeat(SEQID).freeze())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        let frame = match io.next().await {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => return Err(format!("bad reply: {e}")),
-            None => return Err("closed the connection without echoing".into()),
-        };
-        let received = Instant::now();
-        match Message::peek_frame(&frame) {
-            Ok((MessageType::Heartbeat, SEQID)) => Ok(received - sent),
-            Ok((kind, seqid)) => Err(format!(
-                "answered {kind:?} with seqid {seqid} instead of echoing the heartbeat"
-            )),
-            Err(e) => Err(format!("bad reply: {e}")),
-        }
-    };
-    match timeout_at(deadline, exchange).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("no echo within {} ms", limit.as_millis())),
     }
 }
 

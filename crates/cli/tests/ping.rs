@@ -6,13 +6,16 @@ mod common;
 #[allow(dead_code)]
 mod stack;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::{endpoint, rows_with, rpcctl};
 use rpc_registry::local::LocalRegistry;
 use rpc_registry::zk::ZkRegistry;
 use rpc_registry::Registry;
 use rpc_testkit::endpoint::TestEndpoint;
+use rpc_testkit::tls::TestCa;
 use rpc_testkit::ZkServer;
 use serde_json::Value;
 use stack::Stack;
@@ -244,4 +247,110 @@ async fn through_a_proxy_calls_reach_the_service_or_say_why_not() {
         run.stdout
     );
     ep.kill().await;
+}
+
+/// An endpoint that registered `"tls": true` accepts only TLS with a client
+/// certificate: `ping` reaches it with a proxy's keys (from `-c` or the
+/// `--tls-*` flags) and, without them, says what is missing; plain
+/// endpoints of the same service are pinged plainly all along.
+#[tokio::test]
+async fn tls_endpoints_are_pinged_with_a_proxys_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "fleet");
+    let registry_dir = dir.path().join("registry");
+    let registry = Arc::new(LocalRegistry::open(&registry_dir, "test").unwrap());
+    let mut config = rpc_config::Config::parse(
+        "service=echo\nfront_host=127.0.0.1\nfront_port=0\nquiet_period=0\n",
+    )
+    .unwrap();
+    config.tls = ca.server("echo");
+    let secure = rpc_sdk::Service::new(
+        config,
+        rpc_sdk::handler_fn(|_m: String, body: Bytes| async move { Ok::<_, String>(body) }),
+    )
+    .with_registry(registry.clone())
+    .start()
+    .await
+    .expect("a TLS service starts");
+    let secure_addr = secure.address().to_string();
+    let plain = TestEndpoint::start("plain").await;
+    let plain_addr = plain.address.to_string();
+    let _r = registry
+        .register(endpoint("echo", &plain_addr))
+        .await
+        .unwrap();
+    let spec = format!("local:{}", registry_dir.display());
+
+    // No keys: the TLS endpoint is not even dialled (one answer is
+    // enough for success).
+    let run = rpcctl(&["--zk", &spec, "ping", "echo", "--json"]).await;
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let doc = run.json();
+    assert!(outcome(&doc, &plain_addr)["rtt_us"].is_u64(), "{doc}");
+    let err = outcome(&doc, &secure_addr)["error"].as_str().unwrap();
+    assert!(
+        err.contains("serves TLS only") && err.contains("tls_ca_file"),
+        "{err}"
+    );
+
+    // A proxy's config.ini.
+    let client = ca.client("rpcctl");
+    let ini = dir.path().join("proxy.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "zk = {spec}\ntls_ca_file = {}\ntls_cert_file = {}\ntls_key_file = {}\n",
+            client.ca.as_ref().unwrap().display(),
+            client.cert.as_ref().unwrap().display(),
+            client.key.as_ref().unwrap().display(),
+        ),
+    )
+    .unwrap();
+    let run = rpcctl(&["-c", ini.to_str().unwrap(), "ping", "echo", "--json"]).await;
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let doc = run.json();
+    assert_eq!(doc["answered"], 2, "{doc}");
+
+    // The flags; a certificate of another CA is refused by the endpoint.
+    let other = TestCa::new(dir.path(), "other").client("intruder");
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().unwrap().to_str().unwrap().to_owned();
+    let (ca_file, cert, key) = (path(&client.ca), path(&other.cert), path(&other.key));
+    let run = rpcctl(&[
+        "--zk",
+        &spec,
+        "ping",
+        "echo",
+        "--json",
+        "--tls-ca",
+        &ca_file,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ])
+    .await;
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    let doc = run.json();
+    assert!(outcome(&doc, &plain_addr)["rtt_us"].is_u64(), "{doc}");
+    assert!(outcome(&doc, &secure_addr)["error"].is_string(), "{doc}");
+
+    // A key file that is not there is an error up front.
+    let run = rpcctl(&[
+        "--zk",
+        &spec,
+        "ping",
+        "echo",
+        "--tls-ca",
+        &ca_file,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        "/nonexistent.pem",
+    ])
+    .await;
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("TLS client keys"), "{}", run.stderr);
+
+    secure.stop().await;
+    plain.kill().await;
 }

@@ -292,20 +292,21 @@ impl Collector {
     /// One heartbeat to every endpoint not yet known to be gone.
     async fn probe_all(&mut self) {
         let limit = self.options.probe_timeout;
-        let targets: Vec<(Key, String)> = self
+        let tls = self.options.tls.as_deref();
+        let targets: Vec<(Key, String, bool)> = self
             .tracked
             .iter()
             .filter(|(_, t)| !t.gone)
-            .map(|(k, t)| (k.clone(), t.record.frontend.clone()))
+            .map(|(k, t)| (k.clone(), t.record.frontend.clone(), t.record.tls))
             .collect();
-        let results: Vec<(Key, Result<Duration, String>)> =
-            futures::stream::iter(targets)
-                .map(|(key, frontend)| async move {
-                    (key, probe::heartbeat_rtt(&frontend, limit).await)
-                })
-                .buffer_unordered(PROBES_AT_ONCE)
-                .collect()
-                .await;
+        let results: Vec<(Key, Result<Duration, String>)> = futures::stream::iter(targets)
+            .map(|(key, frontend, serves_tls)| async move {
+                let rtt = probe::heartbeat_rtt(&frontend, serves_tls, tls, limit).await;
+                (key, rtt)
+            })
+            .buffer_unordered(PROBES_AT_ONCE)
+            .collect()
+            .await;
         let now = unix_ms();
         for (key, result) in results {
             self.apply_probe(&key, result.map(|d| d.as_micros() as u64), now);

@@ -24,7 +24,7 @@
 
 mod code_link;
 mod fleet;
-mod probe;
+pub mod probe;
 // Public for other readers of status pages (`rpcctl top`).
 pub mod prom;
 mod registry;
@@ -40,6 +40,7 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use rpc_config::RegistrySpec;
+use rpc_transport::tls::TlsClient;
 use tokio::sync::watch;
 
 pub use code_link::link as code_link;
@@ -73,6 +74,8 @@ pub struct Options {
     pub history: Duration,
     /// How long an endpoint that left the registry stays on the page.
     pub gone_for: Duration,
+    /// The proxy's client keys, to probe endpoints that registered TLS.
+    pub tls: Option<Arc<TlsClient>>,
 }
 
 impl Options {
@@ -89,6 +92,7 @@ impl Options {
             registry_timeout: Duration::from_secs(5),
             history: Duration::from_secs(600),
             gone_for: Duration::from_secs(300),
+            tls: None,
         }
     }
 }

@@ -1,29 +1,62 @@
 //! Whether an endpoint answers: one SPEC §4 heartbeat on a connection of
-//! its own, timed to its echo.
+//! its own, timed to its echo. The dashboard and `rpcctl ping` share it.
 
 use std::time::Duration;
 
 use rpc_codec::{heartbeat, Message, MessageType, LEN_PREFIX};
+use rpc_transport::tls::TlsClient;
 use rpc_transport::{Address, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
-/// The seqid of the dashboard's heartbeat, which the echo carries back.
+/// The seqid of the probe's heartbeat, which the echo carries back.
 const SEQID: i32 = 0x64_62; // "db"
 
 /// An echo is a few bytes; anything much larger is not one.
 const MAX_ECHO: usize = 4096;
 
 /// Connects to `frontend`, sends one heartbeat and returns how long its
-/// echo took (from sending), or why there was none. Everything, the
-/// connection included, ends within `limit`.
-pub async fn heartbeat_rtt(frontend: &str, limit: Duration) -> Result<Duration, String> {
+/// echo took (from sending), or why there was none. An endpoint that
+/// registered `"tls": true` is reached through `tls` (the proxy's keys:
+/// it accepts nothing else). Everything, the connection and handshake
+/// included, ends within `limit`.
+pub async fn heartbeat_rtt(
+    frontend: &str,
+    serves_tls: bool,
+    tls: Option<&TlsClient>,
+    limit: Duration,
+) -> Result<Duration, String> {
     let deadline = Instant::now() + limit;
     let address: Address = frontend.parse()?;
-    let mut stream = match timeout_at(deadline, Stream::connect(&address)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("connect: {e}")),
-        Err(_) => return Err(format!("connect: no answer in {} ms", limit.as_millis())),
+    let tls = match (serves_tls, tls) {
+        (false, _) => None,
+        (true, Some(client)) => Some(client),
+        (true, None) => {
+            return Err("serves TLS only: no client certificate configured \
+                        (tls_ca_file, tls_cert_file, tls_key_file)"
+                .into())
+        }
+    };
+    let connect = async {
+        let stream = Stream::connect(&address)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        match tls {
+            Some(client) => client
+                .handshake(&address, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}")),
+            None => Ok(stream),
+        }
+    };
+    let mut stream = match timeout_at(deadline, connect).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(format!(
+                "connect: no answer within {} ms",
+                limit.as_millis()
+            ))
+        }
     };
     let sent = Instant::now();
     let exchange = async {
@@ -55,7 +88,7 @@ pub async fn heartbeat_rtt(frontend: &str, limit: Duration) -> Result<Duration, 
     };
     match timeout_at(deadline, exchange).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no echo in {} ms", limit.as_millis())),
+        Err(_) => Err(format!("no echo within {} ms", limit.as_millis())),
     }
 }
 
@@ -83,7 +116,9 @@ mod tests {
                 });
             }
         });
-        let rtt = heartbeat_rtt(&addr, Duration::from_secs(2)).await.unwrap();
+        let rtt = heartbeat_rtt(&addr, false, None, Duration::from_secs(2))
+            .await
+            .unwrap();
         assert!(rtt < Duration::from_secs(2));
 
         // One that accepts and says nothing.
@@ -94,17 +129,22 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
             drop(s);
         });
-        let err = heartbeat_rtt(&mute_addr, Duration::from_millis(200))
+        let err = heartbeat_rtt(&mute_addr, false, None, Duration::from_millis(200))
             .await
             .unwrap_err();
-        assert!(err.contains("no echo in 200 ms"), "{err}");
+        assert!(err.contains("no echo within 200 ms"), "{err}");
         held.abort();
 
         // Nobody at all.
         let closed = rpc_testkit::free_port();
-        let err = heartbeat_rtt(&format!("127.0.0.1:{closed}"), Duration::from_secs(1))
-            .await
-            .unwrap_err();
+        let err = heartbeat_rtt(
+            &format!("127.0.0.1:{closed}"),
+            false,
+            None,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
         assert!(err.starts_with("connect:"), "{err}");
     }
 }

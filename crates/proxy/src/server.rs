@@ -345,6 +345,7 @@ fn about(config: &Config) -> rpc_config::status_page::About {
         .set("max_connections", config.max_connections)
         .set("max_inflight", config.max_inflight)
         .set("tracing", spans)
+        .set("tls", config.tls.summary())
         .set(
             "heartbeat",
             format!(

@@ -63,6 +63,25 @@ impl TlsFiles {
         self.ca.is_some()
     }
 
+    /// One line for a status page: which side of TLS this process takes
+    /// and the CA it trusts.
+    pub fn summary(&self) -> String {
+        let show = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
+        };
+        match (self.serves(), self.dials()) {
+            (false, false) => "off".into(),
+            (true, false) => format!("TLS only, clients signed by {}", show(&self.client_ca)),
+            (false, true) => format!("to endpoints that registered it, CA {}", show(&self.ca)),
+            (true, true) => format!(
+                "TLS only, clients signed by {}; to endpoints that registered it, CA {}",
+                show(&self.client_ca),
+                show(&self.ca)
+            ),
+        }
+    }
+
     /// What a configuration loader checks: certificate and key come
     /// together, every file named is readable and holds PEM of its kind,
     /// the key matches the certificate, and a CA file goes with them.
