@@ -9,10 +9,14 @@
 //! During an upgrade ([`FrontSettings::handoff`] set) a connection told to
 //! stop hands its socket to the successor instead of closing, once every
 //! request it read is answered: the proxy keeps its connection. A TLS
-//! connection cannot be handed over (its session lives in this process):
-//! it closes at that point instead, and the proxy reopens it at once, to
-//! the successor. A call the proxy wrote just before it saw the close is
-//! lost (failed, not retried), as when an endpoint restarts.
+//! connection cannot be handed over (its session lives in this process),
+//! and closing it under a proxy that is writing would lose the calls in
+//! the socket. So the LB asks first: it sends `STOP` (the SPEC §5 worker
+//! message, the other way round), keeps serving, and closes once the proxy
+//! answers `STOP_CONFIRM`: the proxy sent nothing after it, and reopens
+//! its connection, to the successor. Only our proxies speak TLS, so only
+//! they get it; one that stays silent for a heartbeat timeout is closed
+//! on anyway.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -20,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rpc_codec::{application_exception, ExceptionKind, Message, MessageType};
+use rpc_codec::{application_exception, encode_message, ExceptionKind, Message, MessageType};
 use rpc_config::otel::Tracing;
 use rpc_engine::conn::{self, End};
 use rpc_engine::drain;
@@ -47,6 +51,9 @@ pub struct FrontSettings {
     pub handoff: OnceLock<mpsc::UnboundedSender<(Stream, BytesMut)>>,
     /// A span per call when `otlp_endpoint` is set.
     pub tracing: Option<Arc<Tracing>>,
+    /// How long a TLS connection asked to stop waits for the proxy's
+    /// `STOP_CONFIRM` (`heartbeat_timeout`).
+    pub confirm_wait: Duration,
 }
 
 /// When the last request arrived, for the quiet period of a graceful stop.
@@ -112,6 +119,7 @@ pub async fn serve(
         ),
         spans: (settings.tracing.clone()).map(|t| Spans::new(t, settings.service.clone())),
         tls: stream.is_tls(),
+        confirm_by: None,
     };
     // Borrowed, not moved: the watch must live until the connection ends,
     // since the server's drain waits for it.
@@ -140,12 +148,18 @@ struct FrontConn<'a> {
     spans: Option<Spans>,
     /// A TLS session: closed, not handed over, on an upgrade.
     tls: bool,
+    /// `STOP` sent (an upgrade, TLS): until when the proxy may confirm.
+    confirm_by: Option<Instant>,
 }
 
 impl Hop for FrontConn<'_> {
     type Event = Answer;
 
     fn on_message(&mut self, msg: Message, cx: &mut Cx<'_>) -> Flow {
+        if msg.kind() == MessageType::StopConfirm && self.confirm_by.take().is_some() {
+            // Nothing follows it: what was read is all there is to answer.
+            return Flow::Close;
+        }
         let deadline = cx.now() + self.settings.rpc_timeout;
         let (s, tally) = (self.settings, &mut self.tally);
         let msg = match &mut self.spans {
@@ -210,11 +224,30 @@ impl Hop for FrontConn<'_> {
         self.inflight > 0
     }
 
-    fn on_shutdown(&mut self, _cx: &mut Cx<'_>) -> Flow {
-        if self.settings.handoff.get().is_some() && !self.tls {
-            Flow::HandOff
-        } else {
-            Flow::Close
+    fn on_shutdown(&mut self, cx: &mut Cx<'_>) -> Flow {
+        match (self.settings.handoff.get().is_some(), self.tls) {
+            (true, false) => Flow::HandOff,
+            (true, true) => {
+                cx.send(encode_message(MessageType::Stop, b"stop", 0, b"").freeze());
+                self.confirm_by = Some(cx.now() + self.settings.confirm_wait);
+                Flow::Continue
+            }
+            (false, _) => Flow::Close,
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.confirm_by
+    }
+
+    fn on_timer(&mut self, cx: &mut Cx<'_>) -> Flow {
+        match self.confirm_by {
+            Some(by) if by <= cx.now() => {
+                self.confirm_by = None;
+                tracing::warn!(peer = %cx.peer, "no STOP_CONFIRM from the proxy in time: closing its TLS connection");
+                Flow::Close
+            }
+            _ => Flow::Continue,
         }
     }
 }

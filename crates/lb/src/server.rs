@@ -492,6 +492,7 @@ fn settings(
         metrics: metrics.clone(),
         handoff: OnceLock::new(),
         tracing,
+        confirm_wait: config.heartbeat_timeout,
     };
     let worker = WorkerSettings {
         max_frame: config.max_frame_size,
@@ -522,6 +523,7 @@ fn about(config: &Config, front: &Address, back: &Address) -> rpc_config::status
         )
         .set("frontend", front)
         .set("back_address", back)
+        .set("tls", config.tls.summary())
         .set("worker_pool_size", config.worker_pool_size)
         .set("worker_prefetch", config.worker_prefetch)
         .set("dispatch", format!("{:?}", config.dispatch))

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use rpc_codec::MessageType;
+use rpc_testkit::http_get;
+use rpc_testkit::logs::Logs;
 use rpc_testkit::tls::TestCa;
 use rpc_transport::handoff;
 
@@ -15,7 +17,7 @@ async fn proxy(
     reg: &MemRegistry,
     tls: Option<rpc_transport::tls::TlsFiles>,
 ) -> rpc_proxy::ProxyHandle {
-    let mut config = rpc_config::Config::parse("").unwrap();
+    let mut config = rpc_config::Config::parse("metrics_address=127.0.0.1:0").unwrap();
     config.proxy_address = vec!["127.0.0.1:0".parse().unwrap()];
     config.tls = tls.unwrap_or_default();
     rpc_proxy::start(&config, Arc::new(reg.clone()))
@@ -24,7 +26,7 @@ async fn proxy(
 }
 
 async fn lb_on(reg: &MemRegistry, tls: Option<rpc_transport::tls::TlsFiles>) -> rpc_lb::LbHandle {
-    let mut config = lb_config("");
+    let mut config = lb_config("metrics_address=127.0.0.1:0");
     config.tls = tls.unwrap_or_default();
     rpc_lb::start(&config, Arc::new(reg.clone()))
         .await
@@ -62,6 +64,18 @@ async fn calls_reach_a_tls_lb_through_a_proxy_with_keys() {
     let mut client = Client::connect(&proxy.addresses()[0]).await;
     let got = tags(&mut client, 50).await;
     assert!(got.iter().all(|t| t == "secure"));
+
+    // Each side's status page says which side of TLS it takes.
+    let page = http_get(lb.metrics_address().unwrap(), "/status").await;
+    assert!(
+        page.contains(r#""tls":"TLS only, clients signed by "#),
+        "{page}"
+    );
+    let page = http_get(proxy.metrics_address().unwrap(), "/status").await;
+    assert!(
+        page.contains(r#""tls":"to endpoints that registered it, CA "#),
+        "{page}"
+    );
     proxy.shutdown().await;
     lb.stop().await;
 }
@@ -127,6 +141,7 @@ async fn a_proxy_without_keys_skips_tls_endpoints() {
 
 #[tokio::test]
 async fn a_proxy_signed_by_another_ca_gets_no_calls_through() {
+    let (logs, _guard) = Logs::capture();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), "fleet");
     let other = TestCa::new(dir.path(), "other");
@@ -146,10 +161,61 @@ async fn a_proxy_signed_by_another_ca_gets_no_calls_through() {
         assert_eq!(r.kind(), MessageType::Exception);
     }
     assert_eq!(w[0].calls(), 0);
+    // The proxy's operator learns why: TLS 1.3 finishes the client's side of
+    // the handshake before the LB checks its certificate, so the refusal
+    // arrives as an alert on the connection.
+    eventually("the proxy logs the LB's alert", || {
+        logs.text()
+            .lines()
+            .any(|l| l.contains("backend connection lost") && l.contains("alert"))
+    })
+    .await;
     proxy.shutdown().await;
     lb.stop().await;
 }
 
+/// Calls through the proxy at `addr` on `conns` connections, each one after
+/// another, until `stop`: how many were answered, and the failures' texts.
+fn load(
+    addr: rpc_transport::Address,
+    conns: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    tokio::spawn(async move {
+        let tasks: Vec<_> = (0..conns)
+            .map(|_| {
+                let (addr, stop) = (addr.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut client = Client::connect(&addr).await;
+                    let (mut ok, mut failed) = (0, Vec::new());
+                    for seqid in 0.. {
+                        if *stop.borrow() {
+                            break;
+                        }
+                        client.send(MessageType::Call, "echo:tag", seqid, b"").await;
+                        let r = client.recv().await.expect("an answer");
+                        match r.kind() {
+                            MessageType::Reply => ok += 1,
+                            _ => failed.push(exception_text(&r).1),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        let mut total = (0, Vec::new());
+        for t in tasks {
+            let (ok, failed) = t.await.unwrap();
+            total.0 += ok;
+            total.1.extend(failed);
+        }
+        total
+    })
+}
+
+/// The LB asks the proxy to stop using a TLS connection it cannot hand
+/// over, and closes it only once the proxy confirmed: under load, no call
+/// is lost, and the proxy reopens the connection at once, to the successor.
 #[tokio::test]
 async fn an_lb_upgrade_closes_tls_connections_and_the_proxy_reconnects_to_the_successor() {
     let dir = tempfile::tempdir().unwrap();
@@ -165,6 +231,9 @@ async fn an_lb_upgrade_closes_tls_connections_and_the_proxy_reconnects_to_the_su
     assert!(tags(&mut client, 10).await.iter().all(|t| t == "old"));
     // Let the backend connection live past its quick-reconnect threshold.
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (stop_load, stop) = tokio::sync::watch::channel(false);
+    let loaded = load(proxy.addresses()[0].clone(), 4, stop);
+    tokio::time::sleep(Duration::from_millis(100)).await;
 
     let control = dir.path().join("lb.upgrade");
     let listening = handoff::Handoff::listen(&control).unwrap();
@@ -217,6 +286,14 @@ async fn an_lb_upgrade_closes_tls_connections_and_the_proxy_reconnects_to_the_su
         "reconnected after a backoff: {:?}",
         t0.elapsed()
     );
+    stop_load.send(true).unwrap();
+    let (answered, failed) = loaded.await.unwrap();
+    println!(
+        "upgrade under load: {answered} calls answered, {} failed",
+        failed.len()
+    );
+    assert!(answered > 100, "{answered} calls answered");
+    assert!(failed.is_empty(), "failed calls: {failed:?}");
     proxy.shutdown().await;
     new.stop().await;
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use std::task::{Context, Poll};
 
-use rpc_codec::{heartbeat, Message, MessageType};
+use rpc_codec::{heartbeat, stop_confirm, Message, MessageType};
 use rpc_engine::conn::{self, End};
 use rpc_engine::{Cx, Failure, Flow, Hop, Lost, Options, SeqTable};
 use rpc_transport::tls::TlsClient;
@@ -303,6 +303,7 @@ async fn run(
                     let _ = stop.wait_for(|d| *d).await;
                 };
                 let end = conn::run(&mut hop, stream, drained, &opts).await;
+                let stopped = hop.peer_stopping && end == End::Closed;
                 let lost = match end {
                     // (A backend never hands its socket off.)
                     End::Closed | End::HandedOff(_) | End::Lost(Lost::Removed) => None,
@@ -315,6 +316,10 @@ async fn run(
                 if lost.is_some() {
                     b.set_state(State::Down);
                     probe = true;
+                }
+                if stopped {
+                    // Asked to: what is queued waits for the new connection.
+                    continue;
                 }
                 reject_queued(&b, &mut rx);
                 at_once = b.tls
@@ -417,6 +422,10 @@ struct BackendConn<'a> {
     waiting_at_tick: bool,
     /// Set once the endpoint left the registry: when in-flight requests fail.
     drain_deadline: Option<Instant>,
+    /// The endpoint sent `STOP` (an LB handing over to its successor a TLS
+    /// connection it cannot pass on): no new requests here; once those in
+    /// flight are answered the connection closes and is dialled again.
+    peer_stopping: bool,
 }
 
 impl<'a> BackendConn<'a> {
@@ -453,6 +462,7 @@ impl<'a> BackendConn<'a> {
             },
             waiting_at_tick: false,
             drain_deadline: None,
+            peer_stopping: false,
         }
     }
 
@@ -529,6 +539,7 @@ impl Hop for BackendConn<'_> {
 
     fn wants_events(&self) -> bool {
         self.drain_deadline.is_none()
+            && !self.peer_stopping
             && self.liveness != Liveness::Probing
             && self.pending.len() < self.s.max_inflight
     }
@@ -559,13 +570,30 @@ impl Hop for BackendConn<'_> {
                         self.b.latency.observe(now.saturating_sub(p.sent), now);
                         // The client may have given up (deadline): dropping is fine.
                         p.reply.send(Outcome::Reply(msg));
-                        if self.drain_deadline.is_some() && self.pending.is_empty() {
+                        if (self.drain_deadline.is_some() || self.peer_stopping)
+                            && self.pending.is_empty()
+                        {
                             return Flow::Finish;
                         }
                     }
                     None => {
                         tracing::debug!(endpoint = %self.b.address, seqid = msg.seqid(), "reply to unknown seqid dropped")
                     }
+                }
+            }
+            MessageType::Stop => {
+                // Confirmed after every request written so far: the
+                // endpoint reads nothing more once it has this.
+                cx.send(stop_confirm().freeze());
+                if !self.peer_stopping {
+                    tracing::info!(service = %self.b.service, endpoint = %self.b.address, "backend asked to stop: reconnecting once its calls are answered");
+                    self.peer_stopping = true;
+                    if self.drain_deadline.is_none() {
+                        self.b.set_state(State::Connecting);
+                    }
+                }
+                if self.pending.is_empty() {
+                    return Flow::Finish;
                 }
             }
             other => {
