@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::stream::SocketFile;
 use crate::{Address, Listener, Stream};
 
 /// Unix socket paths this process's listeners must not remove when they
@@ -324,7 +325,7 @@ fn listener_from(fd: OwnedFd, address: Address) -> io::Result<Listener> {
         Address::Unix(path) => {
             let l = std::os::unix::net::UnixListener::from(fd);
             l.set_nonblocking(true)?;
-            Listener::Unix(UnixListener::from_std(l)?, path)
+            Listener::Unix(UnixListener::from_std(l)?, SocketFile::new(path))
         }
     })
 }

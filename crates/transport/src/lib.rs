@@ -10,5 +10,5 @@ mod writer;
 
 pub use address::Address;
 pub use reader::FrameReader;
-pub use stream::{Listener, ReadHalf, Stream, TlsStream, WriteHalf};
+pub use stream::{Listener, ReadHalf, SocketFile, Stream, TlsStream, WriteHalf};
 pub use writer::FrameWriter;

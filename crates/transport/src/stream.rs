@@ -227,7 +227,40 @@ delegate_write!(WriteHalf);
 #[derive(Debug)]
 pub enum Listener {
     Tcp(TcpListener),
-    Unix(UnixListener, std::path::PathBuf),
+    Unix(UnixListener, SocketFile),
+}
+
+/// The file a Unix listener is bound at, and which file it was then: once
+/// another process has bound the path (a rolled-back predecessor, say),
+/// the file is that process's, and ours to leave alone.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: std::path::PathBuf,
+    /// (device, inode) when bound or adopted.
+    id: Option<(u64, u64)>,
+}
+
+impl SocketFile {
+    pub(crate) fn new(path: std::path::PathBuf) -> SocketFile {
+        let id = file_id(&path);
+        SocketFile { path, id }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Whether the path still names the file we bound.
+    fn still_ours(&self) -> bool {
+        self.id.is_some() && file_id(&self.path) == self.id
+    }
+}
+
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 impl Listener {
@@ -241,7 +274,8 @@ impl Listener {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 }
-                Ok(Listener::Unix(UnixListener::bind(p)?, p.clone()))
+                let listener = UnixListener::bind(p)?;
+                Ok(Listener::Unix(listener, SocketFile::new(p.clone())))
             }
         }
     }
@@ -250,9 +284,9 @@ impl Listener {
     /// connect: connecting needs write permission).
     pub async fn bind_with_mode(addr: &Address, mode: u32) -> io::Result<Listener> {
         let l = Self::bind(addr).await?;
-        if let Listener::Unix(_, p) = &l {
+        if let Listener::Unix(_, f) = &l {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+            std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode))?;
         }
         Ok(l)
     }
@@ -263,7 +297,7 @@ impl Listener {
             Listener::Tcp(l) => {
                 Address::Tcp(l.local_addr().map(|a| a.to_string()).unwrap_or_default())
             }
-            Listener::Unix(_, p) => Address::Unix(p.clone()),
+            Listener::Unix(_, f) => Address::Unix(f.path.clone()),
         }
     }
 
@@ -300,11 +334,12 @@ impl std::os::fd::AsRawFd for Stream {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Listener::Unix(_, p) = self {
+        if let Listener::Unix(_, f) = self {
             // Not after an upgrade handed it over (the path is the
-            // successor's), nor before one we take part in is ready.
-            if crate::handoff::owns_path(p) {
-                let _ = std::fs::remove_file(p);
+            // successor's), nor before one we take part in is ready, nor
+            // once another process bound the path.
+            if crate::handoff::owns_path(&f.path) && f.still_ours() {
+                let _ = std::fs::remove_file(&f.path);
             }
         }
     }
@@ -314,6 +349,26 @@ impl Drop for Listener {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A stop removes the socket file it bound, but not one another
+    /// process bound at the path since (rolling back to a predecessor
+    /// that took the path over must not lose it its address).
+    #[tokio::test]
+    async fn a_dropped_unix_listener_removes_only_its_own_socket_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let addr = Address::Unix(path.clone());
+        drop(Listener::bind(&addr).await.unwrap());
+        assert!(!path.exists(), "our own file is removed");
+
+        let ours = Listener::bind(&addr).await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let theirs = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(ours);
+        assert!(path.exists(), "another process's file stays");
+        let _c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        assert!(theirs.accept().is_ok());
+    }
 
     #[tokio::test]
     async fn unix_listener_replaces_stale_socket_file() {
