@@ -145,6 +145,12 @@ func (c *Config) Set(k, v string) error {
 		if v == "" || strings.Contains(v, "/") {
 			return invalid(k, v, "must be a non-empty name without '/'")
 		}
+		if strings.Contains(v, ",") {
+			// The original Java SDK registered in each product of a list;
+			// a node named "a,b" would be read by no proxy.
+			return invalid(k, v, "names one product (a list, which the original Java SDK registered in each, "+
+				"is not supported: run one process per product)")
+		}
 		c.Product = v
 	case "zk_session_timeout":
 		c.ZKSessionTimeout, err = seconds(k, v)

@@ -67,7 +67,7 @@ func TestUnknownKeysAreKeptNotFatal(t *testing.T) {
 func TestInvalidValuesNameTheKey(t *testing.T) {
 	for _, text := range []string{
 		"rpc_timeout=soon", "front_port=70000", "zk=nohostport", "zk=:2181", "verbose=2",
-		"max_inflight=0", "product=a/b", "quiet_period=-1", "heartbeat_timeout_ms=500",
+		"max_inflight=0", "product=a/b", "product=online_a,online_b", "quiet_period=-1", "heartbeat_timeout_ms=500",
 	} {
 		_, err := ParseConfig(text)
 		key := strings.SplitN(text, "=", 2)[0]

@@ -262,6 +262,15 @@ def _millis(k: str, v: str) -> float:
 def _product(k: str, v: str) -> str:
     if not v or "/" in v:
         raise _invalid(k, v, "must be a non-empty name without '/'")
+    if "," in v:
+        # The original Java SDK registered in each product of a list; a
+        # node named "a,b" would be read by no proxy.
+        raise _invalid(
+            k,
+            v,
+            "names one product (a list, which the original Java SDK registered in each, "
+            "is not supported: run one process per product)",
+        )
     return v
 
 

@@ -84,6 +84,7 @@ def test_unknown_keys_are_kept_not_fatal():
         ("verbose=2", "verbose"),
         ("product=a/b", "product"),
         ("product=", "product"),
+        ("product=online_a,online_b", "one process per product"),
         ("heartbeat_interval_ms=1000\nheartbeat_timeout_ms=1000", "heartbeat_timeout_ms"),
     ],
 )

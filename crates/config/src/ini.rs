@@ -440,6 +440,15 @@ impl Config {
                 if v.is_empty() || v.contains('/') {
                     return Err(invalid(k, v, "must be a non-empty name without '/'"));
                 }
+                if v.contains(',') {
+                    // The original Java SDK registered in every product of
+                    // a list; a node named `a,b` would be read by no proxy.
+                    return Err(invalid(
+                        k,
+                        v,
+                        "names one product (a list, which the original Java SDK registered in each, is not supported: run one process per product)",
+                    ));
+                }
                 self.product = v.into()
             }
             "zk_session_timeout" => self.zk_session_timeout = seconds(k, v)?,
@@ -690,6 +699,8 @@ mod tests {
             ("balance=random", "balance"),
             ("balance_decay_ms=0", "balance_decay_ms"),
             ("verbose=2", "verbose"),
+            ("product=a/b", "product"),
+            ("product=online_a,online_b", "one process per product"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

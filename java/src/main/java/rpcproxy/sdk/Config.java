@@ -165,6 +165,12 @@ public final class Config {
                 if (v.isEmpty() || v.contains("/")) {
                     throw invalid(k, v, "must be a non-empty name without '/'");
                 }
+                if (v.contains(",")) {
+                    // The original registered in each product of a list; a
+                    // node named "a,b" would be read by no proxy.
+                    throw invalid(k, v, "names one product (a list, which the original Java SDK registered in each,"
+                            + " is not supported: run one process per product)");
+                }
                 product = v;
                 break;
             case "zk_session_timeout": zkSessionTimeout = seconds(k, v); break;

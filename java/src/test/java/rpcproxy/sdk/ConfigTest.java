@@ -55,7 +55,7 @@ public class ConfigTest {
     @Test
     public void invalidValuesNameTheKeyAndUnknownKeysAreKept() {
         for (String bad : new String[] {"front_port=70000", "rpc_timeout=-1", "verbose=maybe", "max_inflight=0",
-                "zk=nohostport", "product=a/b", "balance=random", "worker_pool_size=x"}) {
+                "zk=nohostport", "product=a/b", "product=online_a,online_b", "balance=random", "worker_pool_size=x"}) {
             String key = bad.substring(0, bad.indexOf('='));
             try {
                 Config.parse(bad);
