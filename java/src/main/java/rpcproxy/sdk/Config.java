@@ -47,6 +47,14 @@ public final class Config {
     private String localRegistry = "local";
     private String product = "test";
     private Duration zkSessionTimeout = Duration.ofSeconds(30);
+    /**
+     * ZooKeeper identity ({@code zk_auth = digest:user:password}, or the same
+     * text in the file {@code zk_auth_file} names, which must be readable by
+     * its owner only). With it the registry authenticates, and the nodes it
+     * creates only it may change or delete; everyone may read them. Null: no
+     * authentication, nodes open to all (the original's behaviour).
+     */
+    private ZkAuth zkAuth;
     private boolean verbose;
     private String service;
     private String frontHost;
@@ -116,6 +124,7 @@ public final class Config {
     /** Parses {@code key=value} lines; {@code #} starts a comment; spaces are trimmed. */
     public static Config parse(String text) {
         Config c = new Config();
+        String authKey = null;
         String[] lines = text.split("\r?\n", -1);
         for (int i = 0; i < lines.length; i++) {
             String raw = lines[i];
@@ -128,7 +137,15 @@ public final class Config {
             if (eq < 0) {
                 throw new ConfigException("line " + (i + 1) + ": expected key=value, got \"" + raw + "\"");
             }
-            c.set(line.substring(0, eq).strip(), line.substring(eq + 1).strip());
+            String k = line.substring(0, eq).strip();
+            if (k.equals("zk_auth") || k.equals("zk_auth_file")) {
+                // One identity: both keys (or one twice) in a file is a mistake.
+                if (authKey != null) {
+                    throw invalid(k, "", authKey + " is set already: use one");
+                }
+                authKey = k;
+            }
+            c.set(k, line.substring(eq + 1).strip());
         }
         if (c.heartbeatTimeout.compareTo(c.heartbeatInterval) <= 0) {
             throw invalid("heartbeat_timeout_ms", Long.toString(c.heartbeatTimeout.toMillis()),
@@ -174,6 +191,21 @@ public final class Config {
                 product = v;
                 break;
             case "zk_session_timeout": zkSessionTimeout = seconds(k, v); break;
+            // Errors show the value with its password hidden.
+            case "zk_auth":
+                try {
+                    zkAuth = v.isEmpty() ? null : ZkAuth.parse(v);
+                } catch (ZkAuth.ZkAuthException e) {
+                    throw invalid(k, ZkAuth.hidePassword(v), e.getMessage());
+                }
+                break;
+            case "zk_auth_file":
+                try {
+                    zkAuth = v.isEmpty() ? null : ZkAuth.readFile(Path.of(v));
+                } catch (ZkAuth.ZkAuthException e) {
+                    throw invalid(k, v, e.getMessage());
+                }
+                break;
             case "verbose": verbose = flag(k, v); break;
             case "service": service = opt(v); break;
             case "front_host": frontHost = opt(v); break;
@@ -391,6 +423,8 @@ public final class Config {
     public Optional<String> localRegistry() { return Optional.ofNullable(localRegistry); }
     public String product() { return product; }
     public Duration zkSessionTimeout() { return zkSessionTimeout; }
+    /** The ZooKeeper identity ({@code zk_auth} or {@code zk_auth_file}); shown as {@code digest:user}. */
+    public Optional<ZkAuth> zkAuth() { return Optional.ofNullable(zkAuth); }
     public boolean verbose() { return verbose; }
     public Optional<String> service() { return Optional.ofNullable(service); }
     public Optional<String> frontHost() { return Optional.ofNullable(frontHost); }
