@@ -3,6 +3,7 @@ package rpcproxy.sdk;
 import java.io.Closeable;
 import java.time.Duration;
 import java.util.List;
+import java.util.Optional;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.TimeUnit;
@@ -16,6 +17,9 @@ import org.apache.curator.framework.state.ConnectionState;
 import org.apache.curator.retry.RetryNTimes;
 import org.apache.zookeeper.CreateMode;
 import org.apache.zookeeper.KeeperException;
+import org.apache.zookeeper.ZooDefs.Ids;
+import org.apache.zookeeper.ZooDefs.Perms;
+import org.apache.zookeeper.data.ACL;
 import org.apache.zookeeper.data.Stat;
 
 /**
@@ -31,16 +35,48 @@ import org.apache.zookeeper.data.Stat;
  * publishes every registration whenever the session it was published under
  * is no longer the current one, retrying every 200 ms while ZooKeeper does
  * not answer.
+ *
+ * <h2>Credentials and ACLs</h2>
+ *
+ * Without credentials every node is created open to all ({@code world:anyone}
+ * with all permissions), as the original did. With a {@link ZkAuth}
+ * ({@code zk_auth} or {@code zk_auth_file}) the session authenticates with it
+ * (Curator sends it again on every new session) and the nodes it creates get
+ * the ACLs the Rust registry gives ({@code rpc_registry::zk}):
+ * <ul>
+ * <li>shared parents {@code /zk}, {@code /zk/product},
+ * {@code /zk/product/{product}}, its {@code services}: {@code world:anyone}
+ * READ + CREATE ({@link #SHARED_ACL});
+ * <li>a service's node {@code …/services/{service}}: its creator's identity
+ * ALL, {@code world:anyone} READ ({@link #OWNED_ACL});
+ * <li>an endpoint (ephemeral): the same as its service's node.
+ * </ul>
+ * ZooKeeper checks a delete against the parent's ACL and a write against
+ * the node's own: anyone can read everything, anyone may add a service
+ * under a product, nobody can remove the shared parents, and only the
+ * identity that created a service's node may add, replace, remove or
+ * rewrite that service's endpoints. A registrant whose service node belongs
+ * to another identity gets a clear error. Nodes that already exist keep
+ * their ACL; a service node that lets anyone delete its children (created
+ * without credentials) is warned about.
  */
 public final class ZkRegistry implements Closeable {
     private static final Logger LOG = Logger.getLogger(ZkRegistry.class.getName());
     /** Pause between retries of a failed ZooKeeper operation. */
     private static final long RETRY_MS = 200;
 
+    /** Shared parents, with credentials: everyone may read them and add children. */
+    public static final List<ACL> SHARED_ACL = List.of(new ACL(Perms.READ | Perms.CREATE, Ids.ANYONE_ID_UNSAFE));
+    /** A service's node and its endpoints, with credentials: the creator's identity all, everyone read. */
+    public static final List<ACL> OWNED_ACL = List.of(
+            new ACL(Perms.ALL, Ids.AUTH_IDS), new ACL(Perms.READ, Ids.ANYONE_ID_UNSAFE));
+
     private final CuratorFramework client;
     private final String hosts;
     private final String product;
     private final Duration sessionTimeout;
+    /** Null: no credentials, nodes open to all. */
+    private final ZkAuth auth;
     private final List<Registration> registrations = new CopyOnWriteArrayList<>();
     private final Object wake = new Object();
     /** Held while a node is being created or deleted: a deregistration never races a publish. */
@@ -50,30 +86,47 @@ public final class ZkRegistry implements Closeable {
 
     /** A registry for {@code product} at {@code hosts}; fails if no server answers within the session timeout. */
     public static ZkRegistry connect(String hosts, String product, Duration sessionTimeout) throws RegistryException {
-        return new ZkRegistry(hosts, product, sessionTimeout);
+        return new ZkRegistry(hosts, product, sessionTimeout, null);
     }
 
-    /** The registry a configuration names ({@code zk}, {@code product}, {@code zk_session_timeout}). */
+    /**
+     * {@link #connect(String, String, Duration)} authenticated as {@code auth}
+     * (none if null): the nodes it creates get the ACLs the class documentation lists.
+     */
+    public static ZkRegistry connect(String hosts, String product, Duration sessionTimeout, ZkAuth auth)
+            throws RegistryException {
+        return new ZkRegistry(hosts, product, sessionTimeout, auth);
+    }
+
+    /**
+     * The registry a configuration names ({@code zk}, {@code product},
+     * {@code zk_session_timeout}, and {@code zk_auth} or {@code zk_auth_file}).
+     */
     public static ZkRegistry open(Config config) throws RegistryException {
         String hosts = config.zk().orElseThrow(() -> new RegistryException(config.localRegistry().isPresent()
                 ? "zk=" + config.localRegistry().get() + " names the embedded registry, which the Java SDK "
                         + "does not support: set zk=host:port (or stand_alone=1)"
                 : "`zk` is not set (or set stand_alone=1)"));
-        return connect(hosts, config.product(), config.zkSessionTimeout());
+        return connect(hosts, config.product(), config.zkSessionTimeout(), config.zkAuth().orElse(null));
     }
 
-    private ZkRegistry(String hosts, String product, Duration sessionTimeout) throws RegistryException {
+    private ZkRegistry(String hosts, String product, Duration sessionTimeout, ZkAuth auth) throws RegistryException {
         this.hosts = hosts;
         this.product = product;
         this.sessionTimeout = sessionTimeout;
+        this.auth = auth;
         int sessionMs = (int) Math.max(1, Math.min(Integer.MAX_VALUE, sessionTimeout.toMillis()));
-        client = CuratorFrameworkFactory.builder()
+        CuratorFrameworkFactory.Builder builder = CuratorFrameworkFactory.builder()
                 .connectString(hosts)
                 .sessionTimeoutMs(sessionMs)
                 .connectionTimeoutMs(Math.min(1000, sessionMs))
                 .retryPolicy(new RetryNTimes(2, 100))
-                .defaultData(new byte[0])
-                .build();
+                .defaultData(new byte[0]);
+        if (auth != null) {
+            // Curator adds it to every ZooKeeper handle it makes: each new session authenticates again.
+            builder.authorization(ZkAuth.SCHEME, auth.credentials());
+        }
+        client = builder.build();
         client.getConnectionStateListenable().addListener((c, state) -> {
             if (state == ConnectionState.LOST) {
                 LOG.warning("ZooKeeper session lost (" + hosts + ")");
@@ -97,7 +150,8 @@ public final class ZkRegistry implements Closeable {
             Thread.currentThread().interrupt();
             throw new RegistryException("connect to " + hosts + ": interrupted");
         }
-        LOG.info("connected to ZooKeeper " + hosts + ", session 0x" + Long.toHexString(sessionId()));
+        LOG.info("connected to ZooKeeper " + hosts + ", session 0x" + Long.toHexString(sessionId())
+                + (auth != null ? ", as " + auth : ""));
         keeper = new Thread(this::keep, "rpc-registry");
         keeper.setDaemon(true);
         keeper.start();
@@ -128,6 +182,11 @@ public final class ZkRegistry implements Closeable {
         return product;
     }
 
+    /** The identity this registry authenticates as ({@code digest:user} when printed), if any. */
+    public Optional<ZkAuth> auth() {
+        return Optional.ofNullable(auth);
+    }
+
     /**
      * Publishes {@code endpoint} (replacing a leftover node at its path) and
      * keeps it published across session expiry until deregistered. Fails if
@@ -145,6 +204,10 @@ public final class ZkRegistry implements Closeable {
         long end = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(waitMs);
         synchronized (r) {
             while (r.publishedSession == 0) {
+                if (r.refused != null) {
+                    registrations.remove(r);
+                    throw new RegistryException(r.refused);
+                }
                 long left = TimeUnit.NANOSECONDS.toMillis(end - System.nanoTime());
                 if (left <= 0 || closed) {
                     registrations.remove(r);
@@ -188,6 +251,21 @@ public final class ZkRegistry implements Closeable {
                         }
                     } catch (InterruptedException e) {
                         return;
+                    } catch (KeeperException.NoAuthException e) {
+                        if (r.publishedSession == 0) {
+                            // Never registered: refused for good (the service's node is
+                            // another identity's), not an outage to wait out.
+                            registrations.remove(r);
+                            synchronized (r) {
+                                r.refused = "not allowed to register " + r.path + ": its service's node belongs to "
+                                        + "another ZooKeeper identity (zk_auth), or was created by one while this "
+                                        + "registrant has none";
+                                r.notifyAll();
+                            }
+                        } else {
+                            failed = true;
+                            LOG.warning("register " + r.path + " refused (NoAuth); retrying");
+                        }
                     } catch (Exception e) {
                         failed = true;
                         LOG.log(Level.FINE, "register " + r.path + " failed; retrying", e);
@@ -205,15 +283,60 @@ public final class ZkRegistry implements Closeable {
         }
     }
 
-    private void publish(String path, byte[] data, long sid) throws Exception {
-        String parent = path.substring(0, path.lastIndexOf('/'));
-        if (client.checkExists().forPath(parent) == null) {
-            try {
-                client.create().creatingParentsIfNeeded().withMode(CreateMode.PERSISTENT).forPath(parent, new byte[0]);
-            } catch (KeeperException.NodeExistsException e) {
-                // created meanwhile by another registrant
+    /** The parent of an absolute path. */
+    private static String parent(String path) {
+        return path.substring(0, path.lastIndexOf('/'));
+    }
+
+    /** ACL of the shared parents: open to all without credentials. */
+    private List<ACL> sharedAcl() {
+        return auth == null ? Ids.OPEN_ACL_UNSAFE : SHARED_ACL;
+    }
+
+    /** ACL of a service's node and its endpoints: open to all without credentials. */
+    private List<ACL> ownedAcl() {
+        return auth == null ? Ids.OPEN_ACL_UNSAFE : OWNED_ACL;
+    }
+
+    /** Creates {@code path} (persistent, empty, with {@code acl}) unless it exists; its parent must exist. */
+    private boolean createIfMissing(String path, List<ACL> acl) throws Exception {
+        if (client.checkExists().forPath(path) != null) {
+            return false;
+        }
+        try {
+            client.create().withMode(CreateMode.PERSISTENT).withACL(acl).forPath(path, new byte[0]);
+            return true;
+        } catch (KeeperException.NodeExistsException e) {
+            return false; // created meanwhile by another registrant
+        }
+    }
+
+    /**
+     * Creates the shared parents up to {@code parent(service)} with the shared
+     * ACL, then the service's node, owned, if missing (the Rust registry's
+     * {@code ensure_owned_dir}). With credentials, warns when an existing
+     * service node lets anyone delete its children.
+     */
+    private void ensureServiceNode(String service) throws Exception {
+        String shared = parent(service);
+        int i = 0;
+        while ((i = shared.indexOf('/', i + 1)) > 0) {
+            createIfMissing(shared.substring(0, i), sharedAcl());
+        }
+        createIfMissing(shared, sharedAcl());
+        if (!createIfMissing(service, ownedAcl()) && auth != null) {
+            List<ACL> acl = client.getACL().forPath(service);
+            boolean open = acl.stream().anyMatch(a -> a.getId().equals(Ids.ANYONE_ID_UNSAFE)
+                    && (a.getPerms() & Perms.DELETE) != 0);
+            if (open) {
+                LOG.warning(service + ": this node lets anyone delete its children (it was created without "
+                        + "credentials): what is registered under it is not protected; restrict it with setAcl");
             }
         }
+    }
+
+    private void publish(String path, byte[] data, long sid) throws Exception {
+        ensureServiceNode(parent(path));
         for (int i = 0; i < 3; i++) {
             Stat stat = client.checkExists().forPath(path);
             if (stat != null && stat.getEphemeralOwner() == sid) {
@@ -226,9 +349,9 @@ public final class ZkRegistry implements Closeable {
                     TransactionOp op = client.transactionOp();
                     client.transaction().forOperations(
                             op.delete().withVersion(stat.getVersion()).forPath(path),
-                            op.create().withMode(CreateMode.EPHEMERAL).forPath(path, data));
+                            op.create().withMode(CreateMode.EPHEMERAL).withACL(ownedAcl()).forPath(path, data));
                 } else {
-                    client.create().withMode(CreateMode.EPHEMERAL).forPath(path, data);
+                    client.create().withMode(CreateMode.EPHEMERAL).withACL(ownedAcl()).forPath(path, data);
                 }
                 return;
             } catch (KeeperException.NoNodeException | KeeperException.BadVersionException
@@ -295,6 +418,8 @@ public final class ZkRegistry implements Closeable {
         /** Session the node was last created under; 0 before the first time. */
         volatile long publishedSession;
         volatile boolean stopped;
+        /** Why ZooKeeper refused the first publish for good (NoAuth); null otherwise. */
+        volatile String refused;
 
         Registration(String path, byte[] data) {
             this.path = path;
