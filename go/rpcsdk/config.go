@@ -33,6 +33,13 @@ type Config struct {
 	RPCTimeout       time.Duration
 	StandAlone       bool
 
+	// ZooKeeper identity (`zk_auth = digest:user:password`, or the same
+	// text in the file `zk_auth_file` names, which must be its owner's
+	// alone). With it the service's session authenticates and the nodes
+	// it creates only it may change or delete; everyone may read them.
+	// Nil: no authentication, nodes open to all (as before).
+	ZKAuth *ZKAuth
+
 	// The project's limits and tunables that a service uses.
 	MaxFrameSize      int
 	MaxConnections    int
@@ -110,6 +117,7 @@ func LoadConfig(path string) (*Config, error) {
 // ParseConfig parses config.ini text.
 func ParseConfig(text string) (*Config, error) {
 	c := DefaultConfig()
+	authKey := "" // the first of zk_auth, zk_auth_file seen: one identity
 	for i, raw := range strings.Split(text, "\n") {
 		line := raw
 		if j := strings.IndexByte(line, '#'); j >= 0 {
@@ -123,7 +131,14 @@ func ParseConfig(text string) (*Config, error) {
 		if !ok {
 			return nil, &ConfigError{fmt.Sprintf("line %d: expected key=value, got %q", i+1, strings.TrimRight(raw, "\r"))}
 		}
-		if err := c.Set(strings.TrimSpace(k), strings.TrimSpace(v)); err != nil {
+		k = strings.TrimSpace(k)
+		if k == "zk_auth" || k == "zk_auth_file" {
+			if authKey != "" {
+				return nil, invalid(k, "", authKey+" is set already: use one")
+			}
+			authKey = k
+		}
+		if err := c.Set(k, strings.TrimSpace(v)); err != nil {
 			return nil, err
 		}
 	}
@@ -135,7 +150,8 @@ func ParseConfig(text string) (*Config, error) {
 }
 
 // Set sets one key as if read from the file (also how tests and tools
-// override a loaded file).
+// override a loaded file). Of `zk_auth` and `zk_auth_file`, the one set
+// last holds (a file naming both is refused by ParseConfig).
 func (c *Config) Set(k, v string) error {
 	var err error
 	switch k {
@@ -154,6 +170,25 @@ func (c *Config) Set(k, v string) error {
 		c.Product = v
 	case "zk_session_timeout":
 		c.ZKSessionTimeout, err = seconds(k, v)
+	case "zk_auth":
+		// Errors show the value with its password hidden.
+		c.ZKAuth = nil
+		if v != "" {
+			a, aerr := ParseZKAuth(v)
+			if aerr != nil {
+				return invalid(k, hidePassword(v), aerr.Error())
+			}
+			c.ZKAuth = a
+		}
+	case "zk_auth_file":
+		c.ZKAuth = nil
+		if v != "" {
+			a, aerr := ReadZKAuthFile(v)
+			if aerr != nil {
+				return invalid(k, v, aerr.Error())
+			}
+			c.ZKAuth = a
+		}
 	case "verbose":
 		c.Verbose, err = boolFlag(k, v)
 	case "service":
