@@ -5,7 +5,10 @@ import static org.junit.Assert.assertFalse;
 import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
 
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
 import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
 import java.time.Duration;
 import java.util.List;
 
@@ -103,6 +106,106 @@ public class ConfigTest {
             fail("no port but an address");
         } catch (Config.ConfigException e) {
             assertTrue(e.getMessage(), e.getMessage().contains("front_port"));
+        }
+    }
+
+    /** An error for {@code text}, which must name {@code key} and never show the password. */
+    private static String refused(String text, String key) {
+        try {
+            Config.parse(text);
+        } catch (Config.ConfigException e) {
+            String m = e.getMessage();
+            assertTrue(text + ": " + m, m.contains("`" + key + "`"));
+            assertFalse(text + ": " + m, m.contains("pw-secret"));
+            return m;
+        }
+        throw new AssertionError("accepted " + text);
+    }
+
+    @Test
+    public void zkAuthIsADigestIdentityWhosePasswordNoErrorShows() {
+        assertFalse(Config.parse("").zkAuth().isPresent());
+        assertFalse(Config.parse("zk_auth=").zkAuth().isPresent());
+        ZkAuth a = Config.parse("zk_auth = digest:echo:pw-secret\n").zkAuth().get();
+        assertEquals("echo", a.user());
+        assertEquals("echo:pw-secret", new String(a.credentials(), StandardCharsets.UTF_8));
+        assertEquals("digest:echo", a.toString());
+        // The password may hold ':' (split at the first one after the user).
+        ZkAuth colon = Config.parse("zk_auth = digest:svc-echo:s3cr:et").zkAuth().get();
+        assertEquals("svc-echo", colon.user());
+        assertEquals("svc-echo:s3cr:et", new String(colon.credentials(), StandardCharsets.UTF_8));
+
+        for (String bad : new String[] {"digest", "digest:echo", "digest::pw-secret", "echo:pw-secret",
+                "digest:us er:pw-secret", "digest:echo:", "sasl:echo:pw-secret", "ip:10.0.0.1", "world:anyone",
+                "digest:echo:pw-secret\u0001"}) {
+            refused("zk_auth = " + bad, "zk_auth");
+        }
+        String m = refused("zk_auth = sasl:echo:pw-secret", "zk_auth");
+        assertTrue(m, m.contains("scheme \"sasl\" is not supported"));
+        assertTrue(m, m.contains("\"sasl:echo:\u2026\""));
+        assertTrue(refused("zk_auth = digest:echo:", "zk_auth").contains("the password is empty"));
+        assertTrue(refused("zk_auth = digest:a b:pw-secret", "zk_auth").contains("without spaces"));
+        try {
+            ZkAuth.parse("digest:echo:pw-secret\nmore");
+            fail("accepted a second line");
+        } catch (IllegalArgumentException e) {
+            assertTrue(e.getMessage(), e.getMessage().contains("control characters"));
+            assertFalse(e.getMessage(), e.getMessage().contains("pw-secret"));
+        }
+    }
+
+    @Test
+    public void zkAuthFileMustBeTheOwnersAloneAndOneKeyIsSet() throws Exception {
+        Path dir = Files.createTempDirectory("rpc-java-zkauth");
+        try {
+            Path file = dir.resolve("zk.auth");
+            Files.writeString(file, "  digest:echo:pw-secret\n", StandardCharsets.UTF_8);
+            String key = "zk_auth_file = " + file;
+            for (String mode : new String[] {"rw-r--r--", "rw-r-----", "rw----r--", "rw--w----", "rw-----w-",
+                    "rwx--x---"}) {
+                Files.setPosixFilePermissions(file, PosixFilePermissions.fromString(mode));
+                String m = refused(key, "zk_auth_file");
+                assertTrue(mode + ": " + m, m.contains("chmod 600"));
+            }
+            Files.setPosixFilePermissions(file, PosixFilePermissions.fromString("rw-r--r--"));
+            assertTrue(refused(key, "zk_auth_file").contains("its mode is 0644"));
+            for (String mode : new String[] {"rw-------", "r--------"}) {
+                Files.setPosixFilePermissions(file, PosixFilePermissions.fromString(mode));
+                ZkAuth a = Config.parse(key).zkAuth().get();
+                assertEquals("echo:pw-secret", new String(a.credentials(), StandardCharsets.UTF_8));
+                assertEquals("digest:echo", a.toString());
+            }
+            assertTrue(refused("zk_auth_file = " + dir.resolve("missing"), "zk_auth_file").contains("cannot read it"));
+            assertTrue(refused("zk_auth_file = " + dir, "zk_auth_file").contains("not a regular file"));
+            assertFalse(Config.parse("zk_auth_file =").zkAuth().isPresent());
+
+            // A bad identity in a good file: named by the file's key, password hidden.
+            Path bad = dir.resolve("bad.auth");
+            Files.writeString(bad, "sasl:echo:pw-secret\n", StandardCharsets.UTF_8);
+            Files.setPosixFilePermissions(bad, PosixFilePermissions.fromString("rw-------"));
+            refused("zk_auth_file = " + bad, "zk_auth_file");
+
+            // One identity per file, as the Rust reader: both keys (in either order), or one twice, is refused.
+            assertTrue(refused("zk_auth = digest:echo:pw-secret\n" + key, "zk_auth_file")
+                    .contains("zk_auth is set already: use one"));
+            assertTrue(refused(key + "\nzk_auth = digest:echo:pw-secret", "zk_auth")
+                    .contains("zk_auth_file is set already: use one"));
+            refused("zk_auth = digest:a:pw-secret\nzk_auth = digest:b:pw-secret", "zk_auth");
+            // Overrides (Config.set, as tools apply them) replace the identity: the later one wins.
+            Config c = Config.parse(key);
+            c.set("zk_auth", "digest:other:pw-secret");
+            assertEquals("digest:other", c.zkAuth().get().toString());
+            c.set("zk_auth_file", file.toString());
+            assertEquals("digest:echo", c.zkAuth().get().toString());
+            c.set("zk_auth", "");
+            assertFalse(c.zkAuth().isPresent());
+        } finally {
+            try (var s = Files.list(dir)) {
+                for (Path p : (Iterable<Path>) s::iterator) {
+                    Files.delete(p);
+                }
+            }
+            Files.delete(dir);
         }
     }
 }

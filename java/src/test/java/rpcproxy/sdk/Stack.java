@@ -209,7 +209,12 @@ final class Stack implements AutoCloseable {
 
     /** A registry client of this stack's ZooKeeper, closed at the end. */
     ZkRegistry registry() throws Exception {
-        ZkRegistry r = ZkRegistry.connect(zk, "test", Duration.ofSeconds(4));
+        return registry(null);
+    }
+
+    /** A registry client of this stack's ZooKeeper authenticated as {@code auth} (none if null), closed at the end. */
+    ZkRegistry registry(ZkAuth auth) throws Exception {
+        ZkRegistry r = ZkRegistry.connect(zk, "test", Duration.ofSeconds(4), auth);
         closeables.add(r);
         return r;
     }
