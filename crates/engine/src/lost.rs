@@ -28,6 +28,9 @@ pub enum Lost {
     /// The endpoint left the registry and its requests did not finish
     /// within the drain timeout.
     Removed,
+    /// The peer asked to stop (`STOP`) and did not answer its requests
+    /// within the drain timeout.
+    StopTimedOut,
     /// This side is stopping.
     Stopping,
 }
@@ -52,6 +55,7 @@ impl Lost {
             Lost::BadInput(_) => "bad_input",
             Lost::Silent(_) => "silent",
             Lost::Removed => "removed",
+            Lost::StopTimedOut => "stop_timed_out",
             Lost::Stopping => "stopping",
         }
     }
@@ -66,6 +70,9 @@ impl fmt::Display for Lost {
             Lost::BadInput(what) => write!(f, "bad input: {what}"),
             Lost::Silent(d) => write!(f, "no heartbeat echo for {:.1}s", d.as_secs_f64()),
             Lost::Removed => f.write_str("the endpoint left the registry"),
+            Lost::StopTimedOut => {
+                f.write_str("the endpoint asked to stop and left calls unanswered")
+            }
             Lost::Stopping => f.write_str("stopping"),
         }
     }

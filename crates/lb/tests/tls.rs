@@ -213,6 +213,99 @@ fn load(
     })
 }
 
+/// Upgrades `old` to a successor started with `config` as `rpc-lb
+/// --upgrade` would. Both finish once the old LB's connections are done:
+/// the successor (with how many connections it adopted) and the old LB's
+/// hand-off.
+async fn upgrade(
+    old: rpc_lb::LbHandle,
+    config: &rpc_config::Config,
+    reg: &MemRegistry,
+    dir: &std::path::Path,
+) -> (
+    tokio::task::JoinHandle<(rpc_lb::LbHandle, usize)>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let control = dir.join("lb.upgrade");
+    let listening = handoff::Handoff::listen(&control).unwrap();
+    let (config2, reg2) = (config.clone(), reg.clone());
+    let successor = tokio::spawn(async move {
+        let (sockets, mut takeover) = handoff::take_over(&control).await.unwrap();
+        let lb = rpc_lb::start_on(&config2, Arc::new(reg2), sockets)
+            .await
+            .unwrap();
+        takeover.ready().await.unwrap();
+        let mut adopted = 0;
+        while let Some((stream, read)) = takeover.next_connection().await.unwrap() {
+            lb.adopt(stream, read);
+            adopted += 1;
+        }
+        lb.register_now().await;
+        takeover.finished().await.unwrap();
+        (lb, adopted)
+    });
+    let mut up = listening.accept().await.unwrap();
+    old.upgrade_to(&mut up).await.unwrap();
+    // The old LB's workers finish; the successor needs its own.
+    let hand_off = tokio::spawn(old.hand_off(up));
+    (successor, hand_off)
+}
+
+/// A call in flight when the LB sends `STOP` is answered even if it takes
+/// longer than the proxy's heartbeat timeout: after confirming, the proxy
+/// sends no heartbeat the LB would not read, and silence is no sign of
+/// death until the drain timeout.
+#[tokio::test]
+async fn a_slow_call_in_flight_through_a_tls_lb_upgrade_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "fleet");
+    let reg = MemRegistry::new();
+    let mut config = lb_config("");
+    config.tls = ca.server("lb");
+    let old = rpc_lb::start(&config, Arc::new(reg.clone())).await.unwrap();
+    let w_old = workers(&old, &["old"], 4).await;
+    eventually("LB registered", || reg.endpoints("echo").len() == 1).await;
+    let mut proxy_config = rpc_config::Config::parse(
+        "heartbeat_interval_ms=100\nheartbeat_timeout_ms=400\nrpc_timeout=5",
+    )
+    .unwrap();
+    proxy_config.proxy_address = vec!["127.0.0.1:0".parse().unwrap()];
+    proxy_config.tls = ca.client("proxy");
+    let proxy = rpc_proxy::start(&proxy_config, Arc::new(reg.clone()))
+        .await
+        .expect("proxy starts");
+    let mut client = Client::connect(&proxy.addresses()[0]).await;
+    assert!(tags(&mut client, 2).await.iter().all(|t| t == "old"));
+
+    // Held by the old worker until released, well past the heartbeat timeout.
+    client
+        .send(MessageType::Call, "echo:block", 7, b"late")
+        .await;
+    eventually("the call reached the worker", || old.stats().inflight == 1).await;
+    let (successor, hand_off) = upgrade(old, &config, &reg, dir.path()).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    w_old[0].release(1);
+    let r = client.recv().await.expect("an answer");
+    assert_eq!(r.kind(), MessageType::Reply, "{:?}", exception_text(&r));
+    assert_eq!(r.body(), b"late");
+    let (new, adopted) = tokio::time::timeout(STEP, successor)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(adopted, 0);
+    tokio::time::timeout(STEP, hand_off)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    // Calls go on, to the successor.
+    let _w_new = workers(&new, &["new"], 4).await;
+    assert!(tags(&mut client, 5).await.iter().all(|t| t == "new"));
+    proxy.shutdown().await;
+    new.stop().await;
+}
+
 /// The LB asks the proxy to stop using a TLS connection it cannot hand
 /// over, and closes it only once the proxy confirmed: under load, no call
 /// is lost, and the proxy reopens the connection at once, to the successor.
@@ -235,28 +328,7 @@ async fn an_lb_upgrade_closes_tls_connections_and_the_proxy_reconnects_to_the_su
     let loaded = load(proxy.addresses()[0].clone(), 4, stop);
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let control = dir.path().join("lb.upgrade");
-    let listening = handoff::Handoff::listen(&control).unwrap();
-    let (config2, reg2) = (config.clone(), reg.clone());
-    let successor = tokio::spawn(async move {
-        let (sockets, mut takeover) = handoff::take_over(&control).await.unwrap();
-        let lb = rpc_lb::start_on(&config2, Arc::new(reg2), sockets)
-            .await
-            .unwrap();
-        takeover.ready().await.unwrap();
-        let mut adopted = 0;
-        while let Some((stream, read)) = takeover.next_connection().await.unwrap() {
-            lb.adopt(stream, read);
-            adopted += 1;
-        }
-        lb.register_now().await;
-        takeover.finished().await.unwrap();
-        (lb, adopted)
-    });
-    let mut up = listening.accept().await.unwrap();
-    old.upgrade_to(&mut up).await.unwrap();
-    // The old LB's workers finish; the successor needs its own.
-    let hand_off = tokio::spawn(old.hand_off(up));
+    let (successor, hand_off) = upgrade(old, &config, &reg, dir.path()).await;
     let (new, adopted) = tokio::time::timeout(STEP, successor)
         .await
         .unwrap()

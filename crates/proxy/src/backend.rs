@@ -303,7 +303,8 @@ async fn run(
                     let _ = stop.wait_for(|d| *d).await;
                 };
                 let end = conn::run(&mut hop, stream, drained, &opts).await;
-                let stopped = hop.peer_stopping && end == End::Closed;
+                // Asked to stop: dial again at once (the successor listens).
+                let stopped = hop.peer_stop.is_some();
                 let lost = match end {
                     // (A backend never hands its socket off.)
                     End::Closed | End::HandedOff(_) | End::Lost(Lost::Removed) => None,
@@ -317,14 +318,15 @@ async fn run(
                     b.set_state(State::Down);
                     probe = true;
                 }
-                if stopped {
-                    // Asked to: what is queued waits for the new connection.
+                if stopped && lost.is_none() {
+                    // What is queued waits for the new connection.
                     continue;
                 }
                 reject_queued(&b, &mut rx);
-                at_once = b.tls
-                    && lost == Some(Lost::Closed)
-                    && opened.elapsed() >= Duration::from_secs(1);
+                at_once = stopped
+                    || (b.tls
+                        && lost == Some(Lost::Closed)
+                        && opened.elapsed() >= Duration::from_secs(1));
                 match lost {
                     None => break,
                     Some(cause) => {
@@ -422,10 +424,13 @@ struct BackendConn<'a> {
     waiting_at_tick: bool,
     /// Set once the endpoint left the registry: when in-flight requests fail.
     drain_deadline: Option<Instant>,
-    /// The endpoint sent `STOP` (an LB handing over to its successor a TLS
-    /// connection it cannot pass on): no new requests here; once those in
-    /// flight are answered the connection closes and is dialled again.
-    peer_stopping: bool,
+    /// Set when the endpoint sent `STOP` (an LB handing over to its
+    /// successor a TLS connection it cannot pass on): until when those in
+    /// flight may take (the drain timeout). No new requests and no
+    /// heartbeats here meanwhile (it reads nothing more, so silence means
+    /// nothing); once they are answered the connection closes and is
+    /// dialled again.
+    peer_stop: Option<Instant>,
 }
 
 impl<'a> BackendConn<'a> {
@@ -462,7 +467,7 @@ impl<'a> BackendConn<'a> {
             },
             waiting_at_tick: false,
             drain_deadline: None,
-            peer_stopping: false,
+            peer_stop: None,
         }
     }
 
@@ -496,6 +501,12 @@ impl<'a> BackendConn<'a> {
     /// The heartbeat tick: anything heard since the last tick counts.
     fn tick(&mut self, now: Instant, cx: &mut Cx<'_>) -> Flow {
         self.next_tick = now + self.s.heartbeat_interval;
+        if self.peer_stop.is_some() {
+            // The endpoint reads nothing after our STOP_CONFIRM: a heartbeat
+            // would go unanswered, and unread bytes turn its close into a
+            // reset that could beat its last replies.
+            return Flow::Continue;
+        }
         let since_tick = std::mem::take(&mut self.heard);
         let pinged = std::mem::replace(&mut self.pinged, true);
         if pinged && !since_tick.anything && self.liveness == Liveness::Up {
@@ -539,7 +550,7 @@ impl Hop for BackendConn<'_> {
 
     fn wants_events(&self) -> bool {
         self.drain_deadline.is_none()
-            && !self.peer_stopping
+            && self.peer_stop.is_none()
             && self.liveness != Liveness::Probing
             && self.pending.len() < self.s.max_inflight
     }
@@ -570,7 +581,7 @@ impl Hop for BackendConn<'_> {
                         self.b.latency.observe(now.saturating_sub(p.sent), now);
                         // The client may have given up (deadline): dropping is fine.
                         p.reply.send(Outcome::Reply(msg));
-                        if (self.drain_deadline.is_some() || self.peer_stopping)
+                        if (self.drain_deadline.is_some() || self.peer_stop.is_some())
                             && self.pending.is_empty()
                         {
                             return Flow::Finish;
@@ -585,9 +596,9 @@ impl Hop for BackendConn<'_> {
                 // Confirmed after every request written so far: the
                 // endpoint reads nothing more once it has this.
                 cx.send(stop_confirm().freeze());
-                if !self.peer_stopping {
+                if self.peer_stop.is_none() {
                     tracing::info!(service = %self.b.service, endpoint = %self.b.address, "backend asked to stop: reconnecting once its calls are answered");
-                    self.peer_stopping = true;
+                    self.peer_stop = Some(cx.now() + self.s.drain_timeout);
                     if self.drain_deadline.is_none() {
                         self.b.set_state(State::Connecting);
                     }
@@ -604,6 +615,9 @@ impl Hop for BackendConn<'_> {
     }
 
     fn deadline(&self) -> Option<Instant> {
+        if let Some(stop) = self.peer_stop {
+            return Some(self.drain_deadline.map_or(stop, |d| d.min(stop)));
+        }
         let next = self.next_tick.min(self.silent_until());
         Some(match self.drain_deadline {
             Some(d) => d.min(next),
@@ -615,6 +629,11 @@ impl Hop for BackendConn<'_> {
         let now = cx.now();
         if self.drain_deadline.is_some_and(|d| d <= now) {
             return Flow::End(Lost::Removed);
+        }
+        match self.peer_stop {
+            Some(stop) if stop <= now => return Flow::End(Lost::StopTimedOut),
+            Some(_) => return Flow::Continue,
+            None => {}
         }
         if self.silent_until() <= now {
             return Flow::End(Lost::Silent(now - self.last_heard));
