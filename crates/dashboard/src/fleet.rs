@@ -122,6 +122,10 @@ pub struct TrafficView {
 /// (product, service, service_id).
 type Key = (String, String, String);
 
+/// Why a TLS endpoint's state is unknown.
+const NO_TLS_KEYS: &str = "serves TLS only: not probed without a proxy's keys \
+                           (rpcctl -c proxy.ini, or --tls-ca, --tls-cert, --tls-key)";
+
 #[derive(Debug)]
 struct Tracked {
     record: Endpoint,
@@ -296,7 +300,7 @@ impl Collector {
         let targets: Vec<(Key, String, bool)> = self
             .tracked
             .iter()
-            .filter(|(_, t)| !t.gone)
+            .filter(|(_, t)| !t.gone && self.can_probe(&t.record))
             .map(|(k, t)| (k.clone(), t.record.frontend.clone(), t.record.tls))
             .collect();
         let results: Vec<(Key, Result<Duration, String>)> = futures::stream::iter(targets)
@@ -311,6 +315,12 @@ impl Collector {
         for (key, result) in results {
             self.apply_probe(&key, result.map(|d| d.as_micros() as u64), now);
         }
+    }
+
+    /// An endpoint that registered TLS accepts nothing from a dashboard
+    /// without a proxy's keys: it is left unprobed rather than shown down.
+    fn can_probe(&self, record: &Endpoint) -> bool {
+        !record.tls || self.options.tls.is_some()
     }
 
     fn apply_probe(&mut self, key: &Key, result: Result<u64, String>, now_ms: u64) {
@@ -333,6 +343,7 @@ impl Collector {
         let views: Vec<&ProxyView> = self.sources.iter().flat_map(|s| &s.endpoints).collect();
         for ((product, service, _), t) in &self.tracked {
             let (rtt_us, error, checked_ms) = match &t.probe {
+                None if !self.can_probe(&t.record) => (None, Some(NO_TLS_KEYS.into()), None),
                 None => (None, None, None),
                 Some((at, Ok(us))) => (Some(*us), None, Some(*at)),
                 Some((at, Err(e))) => (None, Some(e.clone()), Some(*at)),
@@ -553,6 +564,27 @@ mod tests {
         assert_eq!(states(&c), vec![("test".into(), b.into(), State::Gone)]);
         let s = c.snapshot();
         assert_eq!(s.products[0].services[0].service, "echo");
+    }
+
+    #[tokio::test]
+    async fn a_tls_endpoint_is_not_probed_without_keys_nor_shown_down() {
+        let mut c = collector();
+        let closed = format!("127.0.0.1:{}", rpc_testkit::free_port());
+        let mut tree = tree(&[("test", "echo", &[&closed])]);
+        for ep in tree.get_mut("test").unwrap().get_mut("echo").unwrap() {
+            ep.tls = true;
+        }
+        c.apply_registry(tree, 1_000);
+        c.probe_all().await;
+        let s = c.snapshot();
+        let ep = &s.products[0].services[0].endpoints[0];
+        assert_eq!(ep.state, State::Unknown);
+        assert_eq!(ep.checked_ms, None, "not dialled");
+        assert!(
+            ep.error.as_deref().unwrap().contains("--tls-cert"),
+            "{:?}",
+            ep.error
+        );
     }
 
     #[test]
