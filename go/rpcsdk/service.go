@@ -103,7 +103,7 @@ func (s *Service) Start() error {
 	}
 	ep := NewEndpoint(c.Service, s.address)
 	ep.CodeURLVersion = s.CodeURLVersion
-	reg, err := register(c.ZK, c.ZKSessionTimeout, c.Product, ep)
+	reg, err := register(c.ZK, c.ZKSessionTimeout, c.Product, ep, c.ZKAuth)
 	if err != nil {
 		s.stopAccepting()
 		return fmt.Errorf("cannot register %s at %s: %w", c.Service, s.address, err)
