@@ -212,30 +212,47 @@ func waitFor(timeout time.Duration, cond func() bool) bool {
 }
 
 func startZooKeeper() error {
+	var err error
+	zkHosts, _, err = newZooKeeper("zookeeper")
+	return err
+}
+
+// newZooKeeper starts a ZooKeeper of its own (data under workDir/name)
+// and returns its address.
+func newZooKeeper(name string) (string, *proc, error) {
 	port := freePort()
-	data := filepath.Join(workDir, "zk-data")
+	data := filepath.Join(workDir, name+"-data")
 	if err := os.MkdirAll(data, 0o755); err != nil {
-		return err
+		return "", nil, err
 	}
 	// tickTime 200 ms lets sessions be as short as 400 ms (expiry test).
-	cfg := filepath.Join(workDir, "zoo.cfg")
+	cfg := filepath.Join(workDir, name+".cfg")
 	text := fmt.Sprintf("tickTime=200\ndataDir=%s\nclientPort=%d\nclientPortAddress=127.0.0.1\nmaxClientCnxns=200\n", data, port)
 	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
-		return err
+		return "", nil, err
 	}
-	p, err := startProc("zookeeper", workDir, nil, "java", "-Xmx256m",
+	p, err := startProc(name, workDir, nil, "java", "-Xmx256m",
 		"-cp", "/usr/share/java/zookeeper.jar:/etc/zookeeper/conf",
 		"-Dzookeeper.admin.enableServer=false", "-Dzookeeper.4lw.commands.whitelist=ruok",
 		"org.apache.zookeeper.server.ZooKeeperServerMain", cfg)
 	if err != nil {
-		return fmt.Errorf("start ZooKeeper: %v", err)
+		return "", nil, fmt.Errorf("start ZooKeeper: %v", err)
 	}
-	zkHosts = fmt.Sprintf("127.0.0.1:%d", port)
-	ok := waitFor(60*time.Second, func() bool { return ruok(zkHosts) || !p.alive() })
+	hosts := fmt.Sprintf("127.0.0.1:%d", port)
+	ok := waitFor(60*time.Second, func() bool { return ruok(hosts) || !p.alive() })
 	if !ok || !p.alive() {
-		return fmt.Errorf("ZooKeeper did not start:\n%s", p.logTail())
+		return "", nil, fmt.Errorf("ZooKeeper did not start:\n%s", p.logTail())
 	}
-	return nil
+	// It may answer ruok before it serves sessions: wait for a request.
+	c, _, err := zk.Connect([]string{hosts}, 10*time.Second, zk.WithLogger(quiet{}))
+	if err != nil {
+		return "", nil, err
+	}
+	defer c.Close()
+	if !waitFor(30*time.Second, func() bool { _, _, err := c.Exists("/"); return err == nil }) {
+		return "", nil, fmt.Errorf("ZooKeeper at %s serves no request:\n%s", hosts, p.logTail())
+	}
+	return hosts, p, nil
 }
 
 func ruok(hosts string) bool {
