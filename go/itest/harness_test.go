@@ -45,6 +45,9 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(workDir)
+	// A service or proxy left on the default local registry (`zk` unset)
+	// uses the run's own, never the machine's shared one.
+	os.Setenv("RPC_REGISTRY_DIR", filepath.Join(workDir, "default-registry"))
 	defer stopAll()
 	if err := setUp(); err != nil {
 		fmt.Fprintf(os.Stderr, "itest: %v\n", err)

@@ -501,7 +501,7 @@ func TestConfigErrorsExit(t *testing.T) {
 		want string
 	}{
 		{map[string]string{"front_port": "x"}, "front_port"},
-		{map[string]string{"zk": ""}, "zk"},
+		{map[string]string{"zk": "local:"}, "zk"},
 	} {
 		keys := map[string]string{"front_host": "127.0.0.1", "front_port": strconv.Itoa(freePort())}
 		for k, v := range tc.keys {

@@ -24,7 +24,8 @@ type ProcessorFactory func(*Config) (thrift.TProcessor, error)
 // the command line shared by every binary of the project (-c config.ini,
 // -L logfile, --log_level, --work_dir, --code_url_version, -V), loads the
 // configuration, checks it, builds the processor, then serves, registered
-// in ZooKeeper, until SIGTERM or SIGINT, and stops gracefully. It exits the
+// (in ZooKeeper or the local registry), until SIGTERM or SIGINT, and stops
+// gracefully. It exits the
 // process: 0 after a graceful stop, 1 on an error, 2 on a bad command line.
 func RpcMain(binaryName, desc string, configCheck ConfigCheck, processorFactory ProcessorFactory) {
 	os.Exit(rpcMain(binaryName, desc, os.Args[1:], configCheck, processorFactory))

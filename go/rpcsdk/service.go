@@ -19,8 +19,9 @@ import (
 )
 
 // Service serves a Thrift processor as an endpoint (SPEC §4): it listens
-// on the configured front address, registers itself in ZooKeeper once
-// listening (unless stand_alone=1), echoes the proxy's heartbeats, runs
+// on the configured front address, registers itself once listening (in
+// ZooKeeper, or in the project's local registry when `zk` names no hosts;
+// not with stand_alone=1), echoes the proxy's heartbeats, runs
 // requests concurrently and writes each reply as soon as it is ready, in
 // any order. Stop deregisters first and finishes what is in flight.
 type Service struct {
@@ -31,7 +32,7 @@ type Service struct {
 
 	listener net.Listener
 	address  string
-	reg      *registration
+	reg      registrant // in ZooKeeper or the local registry
 
 	inflight    int64 // requests read and not yet answered
 	lastRequest int64 // unix nanoseconds of the last request read
@@ -75,8 +76,12 @@ func (s *Service) Start() error {
 		if c.Service == "" {
 			return &ConfigError{"`service` is not set (or set stand_alone=1)"}
 		}
+		// The local registry: refuse a linked product directory before
+		// binding anything.
 		if c.ZK == "" {
-			return &ConfigError{"`zk` names no ZooKeeper hosts: the Go SDK registers in ZooKeeper only (or set stand_alone=1)"}
+			if _, err := openLocal(c.LocalRegistry, c.Product); err != nil {
+				return err
+			}
 		}
 	}
 	address, err := c.FrontAddress()
@@ -103,7 +108,12 @@ func (s *Service) Start() error {
 	}
 	ep := NewEndpoint(c.Service, s.address)
 	ep.CodeURLVersion = s.CodeURLVersion
-	reg, err := register(c.ZK, c.ZKSessionTimeout, c.Product, ep, c.ZKAuth)
+	var reg registrant
+	if c.ZK != "" {
+		reg, err = register(c.ZK, c.ZKSessionTimeout, c.Product, ep, c.ZKAuth)
+	} else {
+		reg, err = registerLocal(c.LocalRegistry, c.Product, ep)
+	}
 	if err != nil {
 		s.stopAccepting()
 		return fmt.Errorf("cannot register %s at %s: %w", c.Service, s.address, err)
