@@ -66,7 +66,7 @@ tests=("$@")
 if [ ${#tests[@]} -eq 0 ]; then
     tests=(rpcproxy.sdk.ConfigTest rpcproxy.sdk.EndpointTest rpcproxy.sdk.WireTest
            rpcproxy.sdk.ProxyTest rpcproxy.sdk.RegistryTest rpcproxy.sdk.ClientTest rpcproxy.sdk.StopTest
-           rpcproxy.sdk.SessionExpiryTest rpcproxy.sdk.ZkAuthTest)
+           rpcproxy.sdk.SessionExpiryTest rpcproxy.sdk.ZkAuthTest rpcproxy.sdk.LocalRegistryTest)
 fi
 cd "$build" || die "no build directory"
 RPC_BIN_DIR=$bin_dir timeout -k 10 600 nice -n 19 java -XX:TieredStopAtLevel=1 \

@@ -84,7 +84,7 @@ public final class Endpoint {
         return quote(b, value);
     }
 
-    private static StringBuilder quote(StringBuilder b, String s) {
+    static StringBuilder quote(StringBuilder b, String s) {
         b.append('"');
         for (int i = 0; i < s.length(); i++) {
             char c = s.charAt(i);

@@ -40,8 +40,10 @@ import org.apache.thrift.transport.TMemoryInputTransport;
 import org.apache.thrift.transport.TTransport;
 
 /**
- * A Thrift service server registered in ZooKeeper (SPEC §4 endpoint side,
- * §6 registration), behaving like the Rust SDK's {@code Service}.
+ * A Thrift service server registered in ZooKeeper or in the embedded local
+ * registry (SPEC §4 endpoint side, §6 registration; {@link LocalRegistry}
+ * when {@code zk} is unset, {@code local} or {@code local:DIR}), behaving
+ * like the Rust SDK's {@code Service}.
  *
  * <p>It listens on the configured front address ({@code front_sock}, else
  * {@code front_host:front_port}, else the first local IPv4 address starting
@@ -71,11 +73,14 @@ public final class RpcService {
     private List<Address> binds = new ArrayList<>();
     private ZkRegistry registry;
     private boolean ownsRegistry;
+    private LocalRegistry localRegistry;
+    private boolean ownsLocalRegistry;
 
     private final List<ServerSocketChannel> listeners = new ArrayList<>();
     private final List<Address> addresses = new ArrayList<>();
     private final List<Thread> acceptors = new ArrayList<>();
-    private final List<ZkRegistry.Registration> registrations = new ArrayList<>();
+    /** How to deregister each endpoint (from ZooKeeper or the embedded registry). */
+    private final List<Runnable> registrations = new ArrayList<>();
     private final Set<Conn> conns = ConcurrentHashMap.newKeySet();
     private ThreadPoolExecutor handlers;
     private Semaphore connectionSlots;
@@ -142,6 +147,20 @@ public final class RpcService {
         return java.util.Optional.ofNullable(registry);
     }
 
+    /**
+     * Registers in this embedded registry (left open at stop) instead of the
+     * one the configuration names.
+     */
+    public RpcService registry(LocalRegistry registry) {
+        this.localRegistry = registry;
+        return this;
+    }
+
+    /** The embedded registry the service registered in, once started (none with ZooKeeper or stand-alone). */
+    public java.util.Optional<LocalRegistry> localRegistry() {
+        return java.util.Optional.ofNullable(localRegistry);
+    }
+
     /** Binds, starts serving, then registers. Returns once registered. */
     public synchronized RpcService start() throws IOException, ZkRegistry.RegistryException {
         if (started) {
@@ -196,13 +215,23 @@ public final class RpcService {
     private void register() throws ZkRegistry.RegistryException {
         String service = config.service().orElseThrow(() ->
                 new ZkRegistry.RegistryException("`service` is not set (or set stand_alone=1)"));
-        if (registry == null) {
+        // The embedded registry when it is given, or when the configuration
+        // names it (zk unset, local or local:DIR) and no ZooKeeper registry is given.
+        boolean local = localRegistry != null || (registry == null && config.zk().isEmpty());
+        if (local && localRegistry == null) {
+            localRegistry = LocalRegistry.open(config);
+            ownsLocalRegistry = true;
+        } else if (!local && registry == null) {
             registry = ZkRegistry.open(config);
             ownsRegistry = true;
         }
         for (Address a : addresses) {
             Endpoint ep = Endpoint.of(service, a.toString(), codeUrlVersion);
-            registrations.add(registry.register(ep));
+            if (local) {
+                registrations.add(localRegistry.register(ep)::deregister);
+            } else {
+                registrations.add(registry.register(ep)::deregister);
+            }
             LOG.info("registered " + service + " at " + a);
         }
     }
@@ -276,8 +305,8 @@ public final class RpcService {
         }
         long deadline = System.nanoTime() + config.stopTimeout().toNanos();
         if (!registrations.isEmpty()) {
-            for (ZkRegistry.Registration r : registrations) {
-                r.deregister();
+            for (Runnable r : registrations) {
+                r.run();
             }
             registrations.clear();
             LOG.info("deregistered");
@@ -342,12 +371,15 @@ public final class RpcService {
         if (handlers != null) {
             handlers.shutdown();
         }
-        for (ZkRegistry.Registration r : registrations) {
-            r.deregister();
+        for (Runnable r : registrations) {
+            r.run();
         }
         registrations.clear();
         if (ownsRegistry && registry != null) {
             registry.close();
+        }
+        if (ownsLocalRegistry && localRegistry != null) {
+            localRegistry.close();
         }
         stopped.countDown();
     }

@@ -104,8 +104,8 @@ public final class ZkRegistry implements Closeable {
      */
     public static ZkRegistry open(Config config) throws RegistryException {
         String hosts = config.zk().orElseThrow(() -> new RegistryException(config.localRegistry().isPresent()
-                ? "zk=" + config.localRegistry().get() + " names the embedded registry, which the Java SDK "
-                        + "does not support: set zk=host:port (or stand_alone=1)"
+                ? "zk=" + config.localRegistry().get() + " names the embedded registry, not ZooKeeper: "
+                        + "use LocalRegistry.open (RpcService does when zk names it)"
                 : "`zk` is not set (or set stand_alone=1)"));
         return connect(hosts, config.product(), config.zkSessionTimeout(), config.zkAuth().orElse(null));
     }
