@@ -33,6 +33,25 @@ async fn lb_on(reg: &MemRegistry, tls: Option<rpc_transport::tls::TlsFiles>) -> 
         .expect("LB starts")
 }
 
+/// One service, two LBs with 4 workers each: `secure` (TLS, workers
+/// tagged "secure") and `plain` (tagged "plain"), both registered.
+async fn secure_and_plain(
+    ca: &TestCa,
+) -> (
+    MemRegistry,
+    rpc_lb::LbHandle,
+    rpc_lb::LbHandle,
+    Vec<TestWorker>,
+) {
+    let reg = MemRegistry::new();
+    let secure = lb_on(&reg, Some(ca.server("lb"))).await;
+    let plain = lb_on(&reg, None).await;
+    let mut ws = workers(&secure, &["secure"], 4).await;
+    ws.extend(workers(&plain, &["plain"], 4).await);
+    eventually("both registered", || reg.endpoints("echo").len() == 2).await;
+    (reg, secure, plain, ws)
+}
+
 /// `n` calls of `echo:tag` (each answered with its worker's tag).
 async fn tags(client: &mut Client, n: i32) -> Vec<String> {
     for i in 0..n {
@@ -84,12 +103,7 @@ async fn calls_reach_a_tls_lb_through_a_proxy_with_keys() {
 async fn one_service_with_tls_and_plain_endpoints_uses_both() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), "fleet");
-    let reg = MemRegistry::new();
-    let secure = lb_on(&reg, Some(ca.server("lb"))).await;
-    let plain = lb_on(&reg, None).await;
-    let _ws = workers(&secure, &["secure"], 4).await;
-    let _wp = workers(&plain, &["plain"], 4).await;
-    eventually("both registered", || reg.endpoints("echo").len() == 2).await;
+    let (reg, secure, plain, _workers) = secure_and_plain(&ca).await;
 
     let proxy = proxy(&reg, Some(ca.client("proxy"))).await;
     let mut client = Client::connect(&proxy.addresses()[0]).await;
@@ -112,12 +126,7 @@ async fn one_service_with_tls_and_plain_endpoints_uses_both() {
 async fn a_proxy_without_keys_skips_tls_endpoints() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), "fleet");
-    let reg = MemRegistry::new();
-    let secure = lb_on(&reg, Some(ca.server("lb"))).await;
-    let plain = lb_on(&reg, None).await;
-    let _ws = workers(&secure, &["secure"], 4).await;
-    let _wp = workers(&plain, &["plain"], 4).await;
-    eventually("both registered", || reg.endpoints("echo").len() == 2).await;
+    let (reg, secure, plain, _workers) = secure_and_plain(&ca).await;
 
     let proxy = proxy(&reg, None).await;
     let mut client = Client::connect(&proxy.addresses()[0]).await;
@@ -151,8 +160,7 @@ async fn a_proxy_signed_by_another_ca_gets_no_calls_through() {
     eventually("LB registered", || reg.endpoints("echo").len() == 1).await;
 
     // Trusts the LB, but its own certificate is not the fleet's.
-    let mut files = other.client("intruder");
-    files.ca = Some(ca.ca_file());
+    let files = other.client_trusting("intruder", &ca);
     let proxy = proxy(&reg, Some(files)).await;
     let mut client = Client::connect(&proxy.addresses()[0]).await;
     for i in 0..5 {

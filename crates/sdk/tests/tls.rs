@@ -54,8 +54,7 @@ async fn a_client_of_another_ca_is_refused_with_a_log_line_naming_it() {
     let other = TestCa::new(dir.path(), "other");
     let (svc, _reg) = start(ca.server("svc")).await;
 
-    let mut files = other.client("intruder");
-    files.ca = Some(ca.ca_file());
+    let files = other.client_trusting("intruder", &ca);
     let client = TlsClient::new(&files).unwrap();
     let local = match client.connect(svc.address()).await {
         Ok(s) => {

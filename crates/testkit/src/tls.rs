@@ -91,4 +91,12 @@ impl TestCa {
             ca: Some(self.ca_file()),
         }
     }
+
+    /// A client certificate of this CA for a proxy that trusts `endpoints`'
+    /// CA: a client of another fleet, which `endpoints`' servers refuse.
+    pub fn client_trusting(&self, who: &str, endpoints: &TestCa) -> TlsFiles {
+        let mut files = self.client(who);
+        files.ca = Some(endpoints.ca_file());
+        files
+    }
 }

@@ -91,8 +91,7 @@ async fn a_client_signed_by_another_ca_is_refused_and_named() {
     let other = TestCa::new(dir.path(), "other");
     let server = TlsServer::new(&ca.server("endpoint")).unwrap();
     // Trusts the fleet's endpoints, but its own certificate is the other CA's.
-    let mut files = other.client("intruder");
-    files.ca = Some(ca.ca_file());
+    let files = other.client_trusting("intruder", &ca);
     let client = TlsClient::new(&files).unwrap();
     let (addr, mut errors) = echo_server(server).await;
     // TLS 1.3: the client finishes first; the server's refusal arrives as
