@@ -323,6 +323,8 @@ async fn run(
                     continue;
                 }
                 reject_queued(&b, &mut rx);
+                // A TLS connection closed cleanly after a while: an LB of an
+                // earlier release upgrading (it closes without STOP).
                 at_once = stopped
                     || (b.tls
                         && lost == Some(Lost::Closed)
